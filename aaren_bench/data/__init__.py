@@ -1,0 +1,26 @@
+"""Dataset registry (sources, checksums, download, cache) and shared data helpers."""
+from aaren_bench.data.registry import (
+    ChecksumError,
+    DatasetNotFound,
+    DatasetSpec,
+    RemoteFile,
+    all_specs,
+    default_data_root,
+    fetch,
+    get,
+    register,
+    sha256sum,
+)
+
+__all__ = [
+    "ChecksumError",
+    "DatasetNotFound",
+    "DatasetSpec",
+    "RemoteFile",
+    "all_specs",
+    "default_data_root",
+    "fetch",
+    "get",
+    "register",
+    "sha256sum",
+]

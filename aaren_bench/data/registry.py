@@ -1,0 +1,205 @@
+"""The dataset registry: what each dataset is, where it comes from, how to get it.
+
+Every dataset of the suite is a :class:`DatasetSpec` (its name, task, files with their
+canonical URLs and checksums). The per-task catalogues (``catalog_*.py`` in this package)
+register their specs at import; :func:`get` finds a spec by name across all of them.
+
+Files live under a *data root*: ``$AAREN_DATA`` if set, else ``<repo>/data``, or whatever
+a config passes (``paths.data_root``). :func:`fetch` returns local paths, downloading a
+missing file into the root, verifying its size and sha256, and writing it atomically.
+When a file is absent and cannot be downloaded, the error names the file, its URL and
+where to put it.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+import pkgutil
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "ChecksumError",
+    "DatasetNotFound",
+    "DatasetSpec",
+    "RemoteFile",
+    "all_specs",
+    "default_data_root",
+    "fetch",
+    "get",
+    "register",
+    "sha256sum",
+]
+
+
+class DatasetNotFound(FileNotFoundError):
+    """A dataset file is missing locally and could not be downloaded."""
+
+
+class ChecksumError(ValueError):
+    """A file on disk does not match the checksum pinned in the registry."""
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One file of a dataset.
+
+    path: where it lives under the data root (e.g. ``ETT-small/ETTh1.csv``).
+    url: its canonical source; a ``.zip`` URL is unpacked and ``member`` taken from it.
+    sha256: the pinned checksum ("" where no verified copy has been examined yet).
+    """
+
+    path: str
+    url: str
+    sha256: str = ""
+    member: str | None = None  # the file inside a zip archive
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    task: str
+    files: tuple[RemoteFile, ...] = ()
+    info: dict = field(default_factory=dict)  # sizes, classes, ... for docs and checks
+    note: str = ""  # how to obtain it when no URL can serve it (licences, credentials)
+
+
+_REGISTRY: dict[str, DatasetSpec] = {}
+_LOADED = False
+
+
+def register(spec: DatasetSpec) -> DatasetSpec:
+    if spec.name in _REGISTRY and _REGISTRY[spec.name] != spec:
+        raise ValueError(f"dataset {spec.name!r} registered twice with different specs")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def _load_catalogues() -> None:
+    global _LOADED
+    if _LOADED:
+        return
+    import aaren_bench.data as pkg
+
+    for mod in pkgutil.iter_modules(pkg.__path__):
+        if mod.name.startswith("catalog_"):
+            importlib.import_module(f"aaren_bench.data.{mod.name}")
+    _LOADED = True
+
+
+def all_specs(task: str | None = None) -> list[DatasetSpec]:
+    _load_catalogues()
+    return [s for s in _REGISTRY.values() if task is None or s.task == task]
+
+
+def get(name: str) -> DatasetSpec:
+    _load_catalogues()
+    if name not in _REGISTRY:
+        valid = ", ".join(sorted(_REGISTRY))
+        raise KeyError(f"unknown dataset {name!r}. Known datasets: {valid}")
+    return _REGISTRY[name]
+
+
+def default_data_root() -> Path:
+    env = os.environ.get("AAREN_DATA")
+    if env:
+        return Path(env).expanduser()
+    return Path(__file__).resolve().parents[2] / "data"
+
+
+def sha256sum(path: Path, block: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _verify(path: Path, f: RemoteFile) -> None:
+    if not f.sha256:
+        return
+    got = sha256sum(path)
+    if got != f.sha256:
+        raise ChecksumError(
+            f"{path} does not match the pinned checksum\n  expected sha256 {f.sha256}\n  found    sha256 {got}\n"
+            f"The file is corrupt or a different version. Delete it and run `aaren-bench fetch` again, "
+            f"or place a verified copy from {f.url} there."
+        )
+
+
+def _download(url: str, dest: Path, timeout: float = 60.0) -> None:
+    """Stream ``url`` into ``dest`` atomically (a temporary file renamed into place)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+            shutil.copyfileobj(resp, out, length=1 << 20)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def fetch(name_or_spec: str | DatasetSpec, data_root: str | Path | None = None, download: bool = True) -> dict[str, Path]:
+    """Local paths of every file of a dataset, downloading what is missing.
+
+    Returns {file.path: absolute path}. Raises :class:`DatasetNotFound` with what to do
+    when a file is missing and cannot be fetched, :class:`ChecksumError` on a mismatch.
+    """
+    spec = get(name_or_spec) if isinstance(name_or_spec, str) else name_or_spec
+    root = Path(data_root).expanduser() if data_root else default_data_root()
+    out: dict[str, Path] = {}
+    for f in spec.files:
+        local = root / f.path
+        if not local.exists():
+            if not download or not f.url:
+                raise DatasetNotFound(_missing_message(spec, f, local, "downloading is off" if f.url else spec.note))
+            try:
+                _fetch_one(f, local)
+            except (urllib.error.URLError, OSError, zipfile.BadZipFile, TimeoutError) as e:
+                raise DatasetNotFound(_missing_message(spec, f, local, f"download failed: {e}")) from e
+        _verify(local, f)
+        out[f.path] = local
+    return out
+
+
+def _fetch_one(f: RemoteFile, local: Path) -> None:
+    if f.member is None:
+        _download(f.url, local)
+        return
+    with tempfile.TemporaryDirectory(dir=local.parent.parent if local.parent.exists() else None) as tmp:
+        archive = Path(tmp) / "archive.zip"
+        _download(f.url, archive)
+        with zipfile.ZipFile(archive) as z:
+            names = [n for n in z.namelist() if n.endswith(f.member)]
+            if not names:
+                raise zipfile.BadZipFile(f"{f.url} has no member {f.member}")
+            local.parent.mkdir(parents=True, exist_ok=True)
+            part = local.with_name(f".{local.name}.part")
+            with z.open(names[0]) as src, open(part, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            os.replace(part, local)
+
+
+def _missing_message(spec: DatasetSpec, f: RemoteFile, local: Path, why: str) -> str:
+    lines = [
+        f"dataset {spec.name!r} ({spec.task}) is missing its file {f.path}",
+        f"  looked for: {local}",
+    ]
+    if why:
+        lines.append(f"  reason: {why}")
+    if f.url:
+        lines.append(f"  canonical source: {f.url}" + (f" (member {f.member})" if f.member else ""))
+        lines.append(f"  fetch it with: aaren-bench fetch {spec.name} --data-root {local.parents[len(Path(f.path).parts) - 1]}")
+    lines.append(
+        f"  or place the file at {local} yourself (set AAREN_DATA or paths.data_root to use another data folder)"
+    )
+    if f.sha256:
+        lines.append(f"  expected sha256: {f.sha256}")
+    return "\n".join(lines)

@@ -1,0 +1,288 @@
+"""The attention prefix scan: softmax attention of a fixed query over every prefix.
+
+Given scores ``s`` of shape (B, H, N) and values ``v`` of shape (B, H, N, D), every
+function here returns ``o`` of shape (B, H, N, D) with
+
+    o_k = sum_{i<=k} exp(s_i) v_i / sum_{i<=k} exp(s_i)
+
+Positions where ``mask`` is False take no part (their score is -inf). A position
+with no valid token at or before it has no defined softmax; its output is 0.
+
+Four implementations of the same function, from the most readable to the fastest:
+
+- :func:`scan_reference`: the sequential recurrence of the paper, one token at a time
+  (running max ``m``, denominator ``c``, numerator ``a``), started from m = -inf.
+- :func:`scan_oracle`: the naive O(N^2) masked softmax; the ground truth.
+- :func:`scan_hillis_steele`: the paper's parallel algorithm, a Hillis-Steele scan with
+  the associative operator on triples (m, c, a); O(N log N) work.
+- :func:`scan`: the fast exact scan used for training. Blocks of ``chunk`` tokens are
+  handled as small masked softmax matrices whose rows are referenced to each
+  position's own running max (so every weight is <= 1 and every non-empty denominator is
+  >= 1: no overflow, no underflow to 0/0, for any score magnitude); the blocks are
+  linked by an exclusive scan over one summary per block. O(N * chunk * D) flops in
+  batched matrix products, O(N) memory traffic, all in float32 or float64.
+
+:func:`scan_step` advances the explicit state (m, c, a) by one token: the constant-size
+streaming form. Every function accumulates half-precision inputs in float32.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "ScanState",
+    "init_state",
+    "scan",
+    "scan_hillis_steele",
+    "scan_oracle",
+    "scan_reference",
+    "scan_step",
+]
+
+
+class ScanState(NamedTuple):
+    """State of the recurrence after some prefix.
+
+    m: (B, H) running max of the scores (-inf before any valid token)
+    c: (B, H) sum of exp(s_i - m)
+    a: (B, H, D) sum of exp(s_i - m) v_i
+    """
+
+    m: Tensor
+    c: Tensor
+    a: Tensor
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 stays float64; everything else accumulates in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _check(s: Tensor, v: Tensor, mask: Tensor | None) -> None:
+    if s.dim() != 3 or v.dim() != 4 or s.shape != v.shape[:3]:
+        raise ValueError(
+            f"scan expects scores (B, H, N) and values (B, H, N, D) with the same B, H, N; "
+            f"got scores {tuple(s.shape)} and values {tuple(v.shape)}"
+        )
+    if mask is not None and mask.shape != (s.shape[0], s.shape[2]) and mask.shape != s.shape:
+        raise ValueError(
+            f"mask must be (B, N) or (B, H, N) with True at valid tokens; got {tuple(mask.shape)} "
+            f"for scores {tuple(s.shape)}"
+        )
+
+
+def _masked_scores(s: Tensor, mask: Tensor | None, dtype: torch.dtype) -> Tensor:
+    s = s.to(dtype)
+    if mask is None:
+        return s
+    if mask.dim() == 2:
+        mask = mask[:, None, :]
+    return s.masked_fill(~mask.bool(), float("-inf"))
+
+
+def _safe_ref(m: Tensor) -> Tensor:
+    """A reference for exp(s - ref): the running max, or 0 where it is still -inf."""
+    return torch.where(torch.isneginf(m), torch.zeros_like(m), m)
+
+
+def _divide(num: Tensor, den: Tensor) -> Tensor:
+    """num / den with 0 where den == 0 (then num == 0 too: no valid token yet)."""
+    return num / torch.where(den > 0, den, torch.ones_like(den))[..., None]
+
+
+# --------------------------------------------------------------------------------------
+# Streaming form
+# --------------------------------------------------------------------------------------
+
+
+def init_state(batch: int, heads: int, dim: int, device=None, dtype=torch.float32) -> ScanState:
+    """The empty prefix: m = -inf, c = 0, a = 0."""
+    dtype = _acc_dtype(dtype)
+    m = torch.full((batch, heads), float("-inf"), device=device, dtype=dtype)
+    c = torch.zeros(batch, heads, device=device, dtype=dtype)
+    a = torch.zeros(batch, heads, dim, device=device, dtype=dtype)
+    return ScanState(m, c, a)
+
+
+def scan_step(
+    s_t: Tensor, v_t: Tensor, state: ScanState, mask_t: Tensor | None = None
+) -> tuple[Tensor, ScanState]:
+    """One token of the recurrence: s_t (B, H), v_t (B, H, D) -> o_t (B, H, D), new state.
+
+    mask_t (B,) or (B, H), True where the token is valid; an invalid token leaves the
+    state unchanged.
+    """
+    dtype = state.m.dtype
+    s_t = s_t.to(dtype)
+    if mask_t is not None:
+        if mask_t.dim() == 1:
+            mask_t = mask_t[:, None]
+        s_t = s_t.masked_fill(~mask_t.bool(), float("-inf"))
+    m_new = torch.maximum(state.m, s_t)
+    ref = _safe_ref(m_new)
+    old_scale = torch.exp(state.m - ref)  # exp(-inf) = 0 for the empty prefix
+    new_w = torch.exp(s_t - ref)  # 0 for a masked token
+    c = state.c * old_scale + new_w
+    a = state.a * old_scale[..., None] + new_w[..., None] * v_t.to(dtype)
+    o = _divide(a, c)
+    return o.to(v_t.dtype), ScanState(m_new, c, a)
+
+
+# --------------------------------------------------------------------------------------
+# Readable references
+# --------------------------------------------------------------------------------------
+
+
+def scan_reference(
+    s: Tensor, v: Tensor, mask: Tensor | None = None, return_state: bool = False
+):
+    """The recurrence of the paper, token by token: O(N) sequential steps."""
+    _check(s, v, mask)
+    B, H, N, D = v.shape
+    state = init_state(B, H, D, device=v.device, dtype=v.dtype)
+    s = _masked_scores(s, mask, state.m.dtype)
+    outs = []
+    for k in range(N):
+        o_k, state = scan_step(s[:, :, k], v[:, :, k], state)
+        outs.append(o_k)
+    o = torch.stack(outs, dim=2) if outs else v.new_zeros(B, H, 0, D)
+    return (o, state) if return_state else o
+
+
+def scan_oracle(s: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Naive O(N^2) memory: a causal masked softmax over the scores, then a matrix product."""
+    _check(s, v, mask)
+    dtype = _acc_dtype(v.dtype)
+    N = s.shape[-1]
+    s = _masked_scores(s, mask, dtype)
+    causal = torch.ones(N, N, dtype=torch.bool, device=s.device).tril()
+    logits = s[:, :, None, :].expand(*s.shape[:2], N, N).masked_fill(~causal, float("-inf"))
+    ref = _safe_ref(logits.amax(dim=-1, keepdim=True))
+    w = torch.exp(logits - ref)  # (B, H, N, N), rows referenced to their own max
+    num = w @ v.to(dtype)
+    return _divide(num, w.sum(-1)).to(v.dtype)
+
+
+def _combine(left: ScanState, right: ScanState) -> ScanState:
+    """The associative operator: the state of a prefix ``left`` followed by ``right``."""
+    m = torch.maximum(left.m, right.m)
+    ref = _safe_ref(m)
+    wl = torch.exp(left.m - ref)
+    wr = torch.exp(right.m - ref)
+    return ScanState(m, left.c * wl + right.c * wr, left.a * wl[..., None] + right.a * wr[..., None])
+
+
+def scan_hillis_steele(s: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+    """The paper's parallel scan: ceil(log2 N) rounds, each combining every position with
+    the one ``2^r`` before it. O(N log N) work, plain torch ops."""
+    _check(s, v, mask)
+    dtype = _acc_dtype(v.dtype)
+    s = _masked_scores(s, mask, dtype)
+    leaf_c = torch.where(torch.isneginf(s), torch.zeros_like(s), torch.ones_like(s))
+    # leaves (s_i, 1, v_i), states kept along dim 2 (positions)
+    st = ScanState(s.clone(), leaf_c, v.to(dtype) * leaf_c[..., None])
+    N = s.shape[-1]
+    offset = 1
+    while offset < N:
+        shifted = ScanState(st.m[:, :, :-offset], st.c[:, :, :-offset], st.a[:, :, :-offset])
+        tail = ScanState(st.m[:, :, offset:], st.c[:, :, offset:], st.a[:, :, offset:])
+        merged = _combine(shifted, tail)
+        st = ScanState(
+            torch.cat([st.m[:, :, :offset], merged.m], dim=2),
+            torch.cat([st.c[:, :, :offset], merged.c], dim=2),
+            torch.cat([st.a[:, :, :offset], merged.a], dim=2),
+        )
+        offset *= 2
+    return _divide(st.a, st.c).to(v.dtype)
+
+
+# --------------------------------------------------------------------------------------
+# The fast exact scan
+# --------------------------------------------------------------------------------------
+
+
+def scan(
+    s: Tensor,
+    v: Tensor,
+    mask: Tensor | None = None,
+    chunk: int = 64,
+    return_state: bool = False,
+):
+    """Fast exact prefix scan (see the module docstring for the method).
+
+    s: (B, H, N) scores, v: (B, H, N, D) values, mask: (B, N) or (B, H, N), True = valid.
+    Returns o (B, H, N, D) in v's dtype, and the final :class:`ScanState` if asked.
+    """
+    _check(s, v, mask)
+    B, H, N, D = v.shape
+    dtype = _acc_dtype(v.dtype)
+    s = _masked_scores(s, mask, dtype)
+    vf = v.to(dtype)
+    if N == 0:
+        o = v.new_zeros(B, H, 0, D)
+        return (o, init_state(B, H, D, v.device, v.dtype)) if return_state else o
+
+    C = max(1, min(chunk, N))
+    J = -(-N // C)  # number of blocks
+    pad = J * C - N
+    if pad:
+        s = torch.nn.functional.pad(s, (0, pad), value=float("-inf"))
+        vf = torch.nn.functional.pad(vf, (0, 0, 0, pad))
+    sb = s.view(B, H, J, C)  # (B, H, J, C)
+    vb = vf.view(B, H, J, C, D)  # (B, H, J, C, D)
+
+    # Running max inside each block, and each block's own summary (R_j, c_j, A_j).
+    m_loc = torch.cummax(sb, dim=-1).values  # (B, H, J, C)
+    R = m_loc[..., -1]  # (B, H, J) block max
+    w_end = torch.exp(sb - _safe_ref(R)[..., None])  # (B, H, J, C) <= 1
+    c_blk = w_end.sum(-1)  # (B, H, J), >= 1 unless the block is empty
+    A_blk = (w_end[..., None, :] @ vb).squeeze(-2)  # (B, H, J, D)
+
+    # Exclusive scan over blocks: what every block inherits from the blocks before it.
+    # Each block summary acts as one token of score R_j + log c_j and value A_j / c_j,
+    # so the J summaries go through the (small, J x J) oracle form.
+    if J > 1:
+        nonempty = c_blk > 0
+        tok_s = torch.where(  # -inf for an empty block
+            nonempty, R + torch.log(torch.where(nonempty, c_blk, torch.ones_like(c_blk))), R
+        )
+        tok_v = _divide(A_blk, c_blk)
+        causal_strict = torch.ones(J, J, dtype=torch.bool, device=s.device).tril(-1)
+        logits = tok_s[..., None, :].expand(B, H, J, J).masked_fill(~causal_strict, float("-inf"))
+        # M_in: the true max score before block j (-inf for j = 0); the summaries' logits
+        # exceed it by at most log(chunk), so these weights cannot overflow.
+        R_seen = R[..., None, :].expand(B, H, J, J).masked_fill(~causal_strict, float("-inf"))
+        M_in = R_seen.amax(-1)  # (B, H, J)
+        w_in = torch.exp(logits - _safe_ref(M_in)[..., None])
+        c_in = w_in.sum(-1)  # (B, H, J) relative to M_in, >= 1 unless nothing came before
+        A_in = w_in @ tok_v  # (B, H, J, D)
+    else:
+        M_in = torch.full_like(R, float("-inf"))
+        c_in = torch.zeros_like(R)
+        A_in = torch.zeros_like(A_blk)
+
+    # Every position's true running max, and its weights over its own block (row k of a
+    # lower-triangular C x C matrix, referenced to m_k so every entry is <= 1).
+    m_pos = torch.maximum(m_loc, M_in[..., None])  # (B, H, J, C)
+    ref = _safe_ref(m_pos)
+    causal = torch.ones(C, C, dtype=torch.bool, device=s.device).tril()
+    logits = (sb[..., None, :] - ref[..., :, None]).masked_fill(~causal, float("-inf"))
+    W = torch.exp(logits)  # (B, H, J, C, C)
+    carry = torch.exp(M_in[..., None] - ref)  # (B, H, J, C) weight of the inherited prefix
+    den = W.sum(-1) + c_in[..., None] * carry  # (B, H, J, C), >= 1 or exactly 0
+    num = W @ vb + carry[..., None] * A_in[..., None, :]  # (B, H, J, C, D)
+    o = _divide(num, den).reshape(B, H, J * C, D)[:, :, :N]
+    o = o.to(v.dtype)
+    if not return_state:
+        return o
+    last = ScanState(m_pos[..., -1, -1], den[..., -1, -1], num[..., -1, -1, :])
+    if pad:  # the last valid position of the padded tail: padding left the state as is
+        last = ScanState(
+            m_pos.reshape(B, H, -1)[:, :, N - 1],
+            den.reshape(B, H, -1)[:, :, N - 1],
+            num.reshape(B, H, -1, D)[:, :, N - 1],
+        )
+    return o, last

@@ -1,0 +1,136 @@
+"""One run: config -> task (datamodule + module) -> fit -> test -> one result record.
+
+``train(cfg)`` is what ``train.py`` calls for every Hydra job. The run folder is
+deterministic (``<runs>/<cell>``): checkpoints, logs and the record all live there, so a
+resubmitted job resumes from ``checkpoints/last.ckpt`` and a finished one is skipped.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from aaren_bench.logging import finish_logger, make_logger
+from aaren_bench.results import is_done, load_record, result_path, write_json_atomic
+
+log = logging.getLogger("aaren_bench")
+
+TASKS = ("classify", "forecast", "events", "rl")
+
+
+def load_task(name: str):
+    """The task package ``tasks.<name>``; it exposes ``build(cfg) -> (datamodule, module)``."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; choose one of: {', '.join(TASKS)} (e.g. task=classify)")
+    return importlib.import_module(f"tasks.{name}")
+
+
+def check_config(cfg: DictConfig) -> None:
+    if cfg.dataset.task != cfg.task.name:
+        raise ValueError(
+            f"dataset {cfg.dataset.name!r} belongs to task={cfg.dataset.task}, but task={cfg.task.name} was chosen; "
+            f"run with task={cfg.dataset.task} dataset={cfg.dataset.name}"
+        )
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version(), "torch": torch.__version__, "lightning": L.__version__}
+    try:
+        out["git"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return out
+
+
+def make_callbacks(cfg: DictConfig, run_dir: Path) -> list:
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    cbs = [
+        ModelCheckpoint(
+            dirpath=str(run_dir / "checkpoints"),
+            filename="best",
+            monitor=cfg.task.monitor,
+            mode=cfg.task.monitor_mode,
+            save_last=True,
+            enable_version_counter=False,
+        )
+    ]
+    if cfg.task.get("patience"):
+        cbs.append(EarlyStopping(monitor=cfg.task.monitor, mode=cfg.task.monitor_mode, patience=cfg.task.patience))
+    return cbs
+
+
+def train(cfg: DictConfig) -> dict:
+    """Run one cell and return its record (or the existing record when it is done)."""
+    check_config(cfg)
+    run_dir = Path(cfg.run_dir).resolve()
+    if cfg.skip_done and is_done(run_dir):
+        log.info("already done, skipping: %s (delete it or pass skip_done=false to rerun)", result_path(run_dir))
+        return load_record(result_path(run_dir))
+
+    L.seed_everything(cfg.seed, workers=True)
+    torch.set_float32_matmul_precision(cfg.get("matmul_precision", "high"))
+    task = load_task(cfg.task.name)
+    datamodule, module = task.build(cfg)
+    n_params = sum(p.numel() for p in module.parameters())
+    backbone_params = sum(p.numel() for p in module.backbone.parameters())
+
+    logger = make_logger(cfg, run_dir)
+    trainer = L.Trainer(
+        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        logger=logger,
+        callbacks=make_callbacks(cfg, run_dir),
+        default_root_dir=str(run_dir),
+    )
+    last = run_dir / "checkpoints" / "last.ckpt"
+    resume = str(last) if last.exists() and not cfg.trainer.get("fast_dev_run") else None
+    if resume:
+        log.info("resuming from %s", resume)
+
+    t0 = time.perf_counter()
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+        fit_s = time.perf_counter() - t0
+        best = None if cfg.trainer.get("fast_dev_run") else (trainer.checkpoint_callback.best_model_path or None)
+        tested = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+        metrics = {k: float(v) for k, v in (tested[0] if tested else {}).items()}
+        record = {
+            "schema": 1,
+            "task": cfg.task.name,
+            "dataset": cfg.dataset.name,
+            "variant": cfg.task.get("variant", ""),
+            "model": cfg.model.name,
+            "seed": int(cfg.seed),
+            "cell": cfg.cell,
+            "metrics": metrics,
+            "epochs": int(trainer.current_epoch),
+            "global_steps": int(trainer.global_step),
+            "best_checkpoint": best,
+            "params": {"total": n_params, "backbone": backbone_params},
+            "wall_time_s": {"fit": fit_s, "total": time.perf_counter() - t0},
+            "device": str(trainer.strategy.root_device),
+            "versions": versions(),
+            "config": OmegaConf.to_container(cfg, resolve=True),
+            "command": " ".join(sys.argv),
+        }
+        if cfg.trainer.get("fast_dev_run"):
+            log.info("fast_dev_run: no record written")
+            return record
+        path = write_json_atomic(result_path(run_dir), record)
+    finally:
+        finish_logger(logger)
+    summary = ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
+    log.info("test: %s", summary)
+    log.info("result written to %s", path)
+    print(f"\n[{cfg.cell}] test: {summary}\nresult: {path}")
+    return record
