@@ -22,10 +22,14 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(prog="aaren-bench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    chosen = next((a for a in argv if not a.startswith("-")), None)
     for name, (module, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
+        if name != chosen:  # only the chosen command's module is imported
+            continue
         mod = importlib.import_module(module)
         add = getattr(mod, f"add_{name}_arguments", None) or mod.add_arguments
         add(p)

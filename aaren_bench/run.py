@@ -52,6 +52,17 @@ def versions() -> dict:
     return out
 
 
+def _quiet_duplicate_logs() -> None:
+    """Lightning prints through its own handler and again through Hydra's root handler: keep one."""
+    root_handlers = logging.getLogger().handlers
+    if root_handlers:
+        for name in ("lightning.pytorch", "lightning.fabric"):
+            lg = logging.getLogger(name)
+            for h in list(lg.handlers):
+                if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
+                    lg.removeHandler(h)
+
+
 def make_callbacks(cfg: DictConfig, run_dir: Path) -> list:
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
@@ -73,6 +84,7 @@ def make_callbacks(cfg: DictConfig, run_dir: Path) -> list:
 def train(cfg: DictConfig) -> dict:
     """Run one cell and return its record (or the existing record when it is done)."""
     check_config(cfg)
+    _quiet_duplicate_logs()
     run_dir = Path(cfg.run_dir).resolve()
     if cfg.skip_done and is_done(run_dir):
         log.info("already done, skipping: %s (delete it or pass skip_done=false to rerun)", result_path(run_dir))
@@ -85,15 +97,17 @@ def train(cfg: DictConfig) -> dict:
     n_params = sum(p.numel() for p in module.parameters())
     backbone_params = sum(p.numel() for p in module.backbone.parameters())
 
-    logger = make_logger(cfg, run_dir)
+    debug = bool(cfg.trainer.get("fast_dev_run"))
+    logger = False if debug else make_logger(cfg, run_dir)
     trainer = L.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
         logger=logger,
-        callbacks=make_callbacks(cfg, run_dir),
+        callbacks=[] if debug else make_callbacks(cfg, run_dir),  # a smoke run leaves no checkpoint
+        enable_checkpointing=not debug,
         default_root_dir=str(run_dir),
     )
     last = run_dir / "checkpoints" / "last.ckpt"
-    resume = str(last) if last.exists() and not cfg.trainer.get("fast_dev_run") else None
+    resume = str(last) if last.exists() and not debug else None
     if resume:
         log.info("resuming from %s", resume)
 
@@ -101,7 +115,7 @@ def train(cfg: DictConfig) -> dict:
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
         fit_s = time.perf_counter() - t0
-        best = None if cfg.trainer.get("fast_dev_run") else (trainer.checkpoint_callback.best_model_path or None)
+        best = None if debug else (trainer.checkpoint_callback.best_model_path or None)
         tested = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
         metrics = {k: float(v) for k, v in (tested[0] if tested else {}).items()}
         record = {
@@ -123,14 +137,15 @@ def train(cfg: DictConfig) -> dict:
             "config": OmegaConf.to_container(cfg, resolve=True),
             "command": " ".join(sys.argv),
         }
-        if cfg.trainer.get("fast_dev_run"):
-            log.info("fast_dev_run: no record written")
+        if debug:
+            print(f"\n[{cfg.cell}] smoke run (fast_dev_run) ok: {_summary(metrics)}; no record written")
             return record
         path = write_json_atomic(result_path(run_dir), record)
     finally:
         finish_logger(logger)
-    summary = ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
-    log.info("test: %s", summary)
-    log.info("result written to %s", path)
-    print(f"\n[{cfg.cell}] test: {summary}\nresult: {path}")
+    print(f"\n[{cfg.cell}] test: {_summary(metrics)}\nresult written to {path}")
     return record
+
+
+def _summary(metrics: dict) -> str:
+    return ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())) or "no metrics"

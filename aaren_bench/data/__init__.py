@@ -10,6 +10,7 @@ from aaren_bench.data.registry import (
     get,
     register,
     sha256sum,
+    verify_file,
 )
 
 __all__ = [
@@ -23,4 +24,5 @@ __all__ = [
     "get",
     "register",
     "sha256sum",
+    "verify_file",
 ]

@@ -35,6 +35,7 @@ __all__ = [
     "get",
     "register",
     "sha256sum",
+    "verify_file",
 ]
 
 
@@ -121,7 +122,7 @@ def sha256sum(path: Path, block: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def _verify(path: Path, f: RemoteFile) -> None:
+def verify_file(path: Path, f: RemoteFile) -> None:
     if not f.sha256:
         return
     got = sha256sum(path)
@@ -164,7 +165,7 @@ def fetch(name_or_spec: str | DatasetSpec, data_root: str | Path | None = None, 
                 _fetch_one(f, local)
             except (urllib.error.URLError, OSError, zipfile.BadZipFile, TimeoutError) as e:
                 raise DatasetNotFound(_missing_message(spec, f, local, f"download failed: {e}")) from e
-        _verify(local, f)
+        verify_file(local, f)
         out[f.path] = local
     return out
 

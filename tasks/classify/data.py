@@ -1,0 +1,175 @@
+"""UEA data: read ``.ts`` files, check them, pad with a mask, split, standardise.
+
+Two protocols (docs/protocol/classify.md):
+- ``holdout`` (default): a stratified validation part of TRAIN for early stopping; every
+  split standardised with statistics of the training part only; report on TEST.
+- ``tslib``: the Time-Series-Library's own protocol, for comparison with published
+  numbers: validation = TEST (early stopping sees the test set), and each split is
+  standardised with its own statistics.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+log = logging.getLogger("aaren_bench")
+
+
+@dataclass
+class Series:
+    """Variable-length multivariate series of one split."""
+
+    values: list[np.ndarray]  # each (length_i, channels), float32
+    labels: np.ndarray  # (n,) str
+
+    @property
+    def channels(self) -> int:
+        return self.values[0].shape[1]
+
+
+def read_ts(path: Path, nan_policy: str = "interpolate") -> Series:
+    """Read a UEA ``.ts`` file with sktime's reader; check shapes and missing values.
+
+    nan_policy: ``interpolate`` (linear inside a series, then the nearest value at the ends,
+    with a warning) or ``error``.
+    """
+    from sktime.datasets import load_from_tsfile
+
+    try:
+        X, y = load_from_tsfile(str(path), return_data_type="nested_univ")
+    except Exception as e:  # sktime raises several types for a malformed file
+        raise ValueError(f"could not read {path} as a UEA .ts file ({type(e).__name__}: {e}). "
+                         f"The file may be truncated or corrupt: delete it and fetch it again.") from e
+    values, n_nan = [], 0
+    for i in range(len(X)):
+        chans = [np.asarray(X.iloc[i, c], dtype=np.float64) for c in range(X.shape[1])]
+        lengths = {len(c) for c in chans}
+        if len(lengths) != 1:
+            raise ValueError(f"{path}: series {i} has channels of different lengths {sorted(lengths)}")
+        arr = np.stack(chans, axis=1)  # (length, channels)
+        if np.isnan(arr).any():
+            n_nan += 1
+            if nan_policy == "error":
+                raise ValueError(f"{path}: series {i} contains NaN values; "
+                                 f"pass task.nan_policy=interpolate to fill them by linear interpolation")
+            arr = _interpolate(arr)
+        values.append(arr.astype(np.float32))
+    if n_nan:
+        warnings.warn(f"{path.name}: {n_nan} series had missing values, filled by linear interpolation", stacklevel=2)
+    return Series(values, np.asarray(y).astype(str))
+
+
+def _interpolate(arr: np.ndarray) -> np.ndarray:
+    out = arr.copy()
+    t = np.arange(len(arr))
+    for c in range(arr.shape[1]):
+        ok = ~np.isnan(arr[:, c])
+        if not ok.any():
+            raise ValueError("a channel of a series is entirely NaN: nothing to interpolate from")
+        out[:, c] = np.interp(t, t[ok], arr[ok, c])
+    return out
+
+
+def pad(values: list[np.ndarray], max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad to ``max_len``: x (n, max_len, channels) with zeros, mask (n, max_len) True = real."""
+    n, C = len(values), values[0].shape[1]
+    x = np.zeros((n, max_len, C), dtype=np.float32)
+    mask = np.zeros((n, max_len), dtype=bool)
+    for i, v in enumerate(values):
+        L_ = min(len(v), max_len)
+        x[i, :L_] = v[:L_]
+        mask[i, :L_] = True
+    return x, mask
+
+
+def fit_scaler(x: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std over the real (unpadded) time steps of every series."""
+    real = x[mask]  # (total steps, channels)
+    mean, std = real.mean(0), real.std(0)
+    return mean, np.where(std > 0, std, 1.0)
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val): ``fraction`` of each class to validation (at least one when the class has 2+)."""
+    rng = np.random.default_rng(seed)
+    tr, va = [], []
+    for cls in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == cls))
+        k = int(round(fraction * len(idx)))
+        k = min(max(k, 1 if len(idx) > 1 else 0), len(idx) - 1)
+        va.extend(idx[:k])
+        tr.extend(idx[k:])
+    return np.sort(np.array(tr, dtype=int)), np.sort(np.array(va, dtype=int))
+
+
+class UEADataModule(L.LightningDataModule):
+    def __init__(self, train_path: Path, test_path: Path, *, name: str, protocol: str = "holdout",
+                 val_fraction: float = 0.2, split_seed: int = 0, standardize: bool = True,
+                 batch_size: int = 16, num_workers: int = 0, nan_policy: str = "interpolate"):
+        super().__init__()
+        if protocol not in ("holdout", "tslib"):
+            raise ValueError(f"task.protocol must be 'holdout' or 'tslib', got {protocol!r}")
+        self.name, self.protocol = name, protocol
+        self.val_fraction, self.split_seed, self.standardize = val_fraction, split_seed, standardize
+        self.batch_size, self.num_workers = batch_size, num_workers
+        train, test = read_ts(Path(train_path), nan_policy), read_ts(Path(test_path), nan_policy)
+        if train.channels != test.channels:
+            raise ValueError(f"{name}: TRAIN has {train.channels} dimensions but TEST has {test.channels}; "
+                             f"the two files do not belong to the same dataset")
+        self.classes = sorted(set(train.labels))
+        unknown = sorted(set(test.labels) - set(self.classes))
+        if unknown:
+            raise ValueError(f"{name}: TEST has labels never seen in TRAIN: {unknown}")
+        self.max_len = max(len(v) for v in train.values + test.values)
+        self.n_channels = train.channels
+        self._train, self._test = train, test
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    def setup(self, stage: str | None = None) -> None:
+        if hasattr(self, "train_set"):
+            return
+        to_idx = {c: i for i, c in enumerate(self.classes)}
+        xtr, mtr = pad(self._train.values, self.max_len)
+        ytr = np.array([to_idx[c] for c in self._train.labels])
+        xte, mte = pad(self._test.values, self.max_len)
+        yte = np.array([to_idx[c] for c in self._test.labels])
+        if self.protocol == "holdout":
+            tr, va = stratified_split(self._train.labels, self.val_fraction, self.split_seed)
+            parts = {"train": (xtr[tr], mtr[tr], ytr[tr]), "val": (xtr[va], mtr[va], ytr[va]), "test": (xte, mte, yte)}
+            stats = fit_scaler(xtr[tr], mtr[tr]) if self.standardize else None
+            scalers = {k: stats for k in parts}
+        else:  # the anchor's: validation is TEST, each split scaled by its own statistics
+            parts = {"train": (xtr, mtr, ytr), "val": (xte, mte, yte), "test": (xte, mte, yte)}
+            scalers = {k: fit_scaler(x, m) if self.standardize else None for k, (x, m, _) in parts.items()}
+        for split, (x, m, y) in parts.items():
+            if scalers[split] is not None:
+                mean, std = scalers[split]
+                x = np.where(m[..., None], (x - mean) / std, 0.0).astype(np.float32)
+            ds = TensorDataset(torch.from_numpy(x), torch.from_numpy(m), torch.from_numpy(y).long())
+            setattr(self, f"{split}_set", ds)
+        log.info("%s: %d train / %d val / %d test series, %d channels, length <= %d, %d classes (protocol %s)",
+                 self.name, len(self.train_set), len(self.val_set), len(self.test_set),
+                 self.n_channels, self.max_len, self.n_classes, self.protocol)
+
+    def _loader(self, ds, shuffle: bool) -> DataLoader:
+        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                          drop_last=False, persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self):
+        return self._loader(self.train_set, True)
+
+    def val_dataloader(self):
+        return self._loader(self.val_set, False)
+
+    def test_dataloader(self):
+        return self._loader(self.test_set, False)

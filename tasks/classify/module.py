@@ -1,0 +1,79 @@
+"""Classifier: value embedding + position -> causal backbone -> readout -> linear head.
+
+The backbone is causal, so position k sees time steps <= k only. ``readout`` says how the
+head reads its outputs (padded steps never count):
+- ``flatten`` (default, the Time-Series-Library classifier the paper keeps): GELU, dropout,
+  zero the padded steps, flatten (max_len x d_model) -> linear;
+- ``last``: the output at the last real step (it has seen the whole series: the RNN view);
+- ``mean``: the mean output over real steps.
+"""
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from torch import Tensor, nn
+
+from aaren_bench.nn import build_backbone
+from aaren_bench.nn.embed import sinusoidal
+
+READOUTS = ("flatten", "last", "mean")
+
+
+class Classifier(L.LightningModule):
+    def __init__(self, model_cfg, optimizer_cfg, n_channels: int, n_classes: int, max_len: int, readout: str = "flatten"):
+        super().__init__()
+        if readout not in READOUTS:
+            raise ValueError(f"task.readout must be one of {READOUTS}, got {readout!r}")
+        self.save_hyperparameters(ignore=["model_cfg", "optimizer_cfg"])
+        self.optimizer_cfg = optimizer_cfg
+        self.backbone = build_backbone(model_cfg)
+        d = self.backbone.d_model
+        self.value_embed = nn.Linear(n_channels, d)
+        self.embed_drop = nn.Dropout(model_cfg.dropout)
+        self.head_drop = nn.Dropout(model_cfg.dropout)
+        self.head = nn.Linear(d * max_len if readout == "flatten" else d, n_classes)
+        self.readout, self.max_len, self.n_channels = readout, max_len, n_channels
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        """x (B, N, C), mask (B, N) True at real steps -> logits (B, classes)."""
+        if x.dim() != 3 or x.shape[-1] != self.n_channels:
+            raise ValueError(f"expected series (batch, length, {self.n_channels}); got {tuple(x.shape)}")
+        B, N, _ = x.shape
+        pos = sinusoidal(torch.arange(N, device=x.device), self.backbone.d_model)  # (N, D)
+        h = self.embed_drop(self.value_embed(x) + pos)
+        h = self.backbone(h, padding_mask=mask)  # (B, N, D)
+        m = mask[..., None].to(h.dtype)
+        if self.readout == "flatten":
+            if N != self.max_len:
+                raise ValueError(f"the flatten readout needs length {self.max_len}, got {N}")
+            z = (self.head_drop(F.gelu(h)) * m).reshape(B, -1)
+        elif self.readout == "last":
+            last = mask.long().cumsum(-1).argmax(-1)  # index of the last real step
+            z = h[torch.arange(B, device=h.device), last]
+        else:
+            z = (h * m).sum(1) / m.sum(1).clamp_min(1.0)
+        return self.head(z)
+
+    def _step(self, batch, split: str):
+        x, mask, y = batch
+        logits = self(x, mask)
+        loss = F.cross_entropy(logits, y)
+        acc = (logits.argmax(-1) == y).float().mean()
+        # batch_size makes the epoch value the exact mean over all series
+        self.log(f"{split}/loss", loss, batch_size=len(y), prog_bar=split != "train", on_epoch=True, on_step=split == "train")
+        self.log(f"{split}/acc", acc, batch_size=len(y), prog_bar=True, on_epoch=True, on_step=False)
+        return loss
+
+    def training_step(self, batch, _):
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, _):
+        self._step(batch, "val")
+
+    def test_step(self, batch, _):
+        self._step(batch, "test")
+
+    def configure_optimizers(self):
+        return instantiate(self.optimizer_cfg)(self.parameters())
