@@ -15,8 +15,13 @@ def make_logger(cfg, run_dir: Path):
 
         return CSVLogger(save_dir=str(run_dir), name="logs", version="")
     if kind == "wandb":
+        import hashlib
+
         from lightning.pytorch.loggers import WandbLogger
         from omegaconf import OmegaConf
+
+        # a stable id per cell and run folder: a resumed (requeued, resubmitted) cell continues its run
+        run_id = hashlib.sha1(f"{run_dir.resolve()}".encode()).hexdigest()[:16]
 
         return WandbLogger(
             project=cfg.logger.project,
@@ -26,6 +31,8 @@ def make_logger(cfg, run_dir: Path):
             tags=list(cfg.logger.tags),
             save_dir=str(run_dir),
             offline=bool(cfg.logger.offline),
+            id=run_id,
+            resume="allow",
             config=OmegaConf.to_container(cfg, resolve=True),
         )
     if kind == "none":

@@ -6,12 +6,16 @@ resubmitted job resumes from ``checkpoints/last.ckpt`` and a finished one is ski
 """
 from __future__ import annotations
 
+import fcntl
 import importlib
 import logging
+import os
 import platform
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 
 import lightning as L
@@ -63,6 +67,39 @@ def _quiet_duplicate_logs() -> None:
                     lg.removeHandler(h)
 
 
+@contextmanager
+def cell_lock(run_dir: Path):
+    """Hold an exclusive lock on ``<run_dir>/.lock`` while the cell runs; yields False when
+    another process (another SLURM job of a resubmitted sweep) holds it."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{platform.node()} pid {os.getpid()} job {os.environ.get('SLURM_JOB_ID', '-')}\n".encode())
+        yield True
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def usable_checkpoint(path: Path) -> bool:
+    """True when ``path`` loads; a torn file (killed while copying it into place) is moved aside."""
+    if not path.exists():
+        return False
+    try:
+        torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        return True
+    except Exception as e:  # noqa: BLE001 - any failure to load means: do not resume from it
+        bad = path.with_suffix(".ckpt.unreadable")
+        path.replace(bad)
+        log.warning("cannot load %s (%s); moved to %s, training starts over", path, e, bad)
+        return False
+
+
 def make_callbacks(cfg: DictConfig, run_dir: Path) -> list:
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
@@ -76,6 +113,10 @@ def make_callbacks(cfg: DictConfig, run_dir: Path) -> list:
             enable_version_counter=False,
         )
     ]
+    every = cfg.get("checkpoint_every_min")
+    if every:  # last.ckpt also every N minutes of training, so a kill loses at most N minutes
+        cbs.append(ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), monitor=None, save_top_k=0, save_last=True,
+                                   train_time_interval=timedelta(minutes=float(every))))
     if cfg.task.get("patience"):
         cbs.append(EarlyStopping(monitor=cfg.task.monitor, mode=cfg.task.monitor_mode, patience=cfg.task.patience))
     return cbs
@@ -90,6 +131,19 @@ def train(cfg: DictConfig) -> dict:
         log.info("already done, skipping: %s (delete it or pass skip_done=false to rerun)", result_path(run_dir))
         return load_record(result_path(run_dir))
 
+    if cfg.trainer.get("fast_dev_run"):
+        return _run(cfg, run_dir, debug=True)
+    with cell_lock(run_dir) as held:
+        if not held:
+            log.warning("cell %s is running in another process (lock %s is held): not starting it twice",
+                        cfg.cell, run_dir / ".lock")
+            return None
+        if cfg.skip_done and is_done(run_dir):  # finished while this job waited in the queue
+            return load_record(result_path(run_dir))
+        return _run(cfg, run_dir, debug=False)
+
+
+def _run(cfg: DictConfig, run_dir: Path, debug: bool) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.get("matmul_precision", "high"))
     task = load_task(cfg.task.name)
@@ -97,7 +151,6 @@ def train(cfg: DictConfig) -> dict:
     n_params = sum(p.numel() for p in module.parameters())
     backbone_params = sum(p.numel() for p in module.backbone.parameters())
 
-    debug = bool(cfg.trainer.get("fast_dev_run"))
     logger = False if debug else make_logger(cfg, run_dir)
     trainer = L.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
@@ -107,7 +160,7 @@ def train(cfg: DictConfig) -> dict:
         default_root_dir=str(run_dir),
     )
     last = run_dir / "checkpoints" / "last.ckpt"
-    resume = str(last) if last.exists() and not debug else None
+    resume = str(last) if not debug and usable_checkpoint(last) else None
     if resume:
         log.info("resuming from %s", resume)
 

@@ -77,3 +77,17 @@ def test_unknown_dataset_lists_choices():
                          text=True, timeout=300)
     assert out.returncode != 0
     assert "JapaneseVowels" in out.stderr and "Available options" in out.stderr
+
+
+def test_cell_lock_is_exclusive(tmp_path):
+    from aaren_bench.run import cell_lock, usable_checkpoint
+
+    with cell_lock(tmp_path) as first:
+        with cell_lock(tmp_path) as second:
+            assert first and not second
+    with cell_lock(tmp_path) as again:
+        assert again  # released on exit
+    torn = tmp_path / "last.ckpt"
+    torn.write_bytes(b"PK\x03\x04 truncated")
+    assert not usable_checkpoint(torn)
+    assert not torn.exists() and (tmp_path / "last.ckpt.unreadable").exists()
