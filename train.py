@@ -8,7 +8,10 @@ def main(cfg: DictConfig) -> float | None:
     from aaren_bench.run import train
 
     record = train(cfg)
-    return record["metrics"].get(cfg.task.monitor.replace("val/", "test/")) if record else None
+    monitor = cfg.task.get("monitor")
+    if not record or not monitor:
+        return None
+    return record["metrics"].get(monitor.replace("val/", "test/"))
 
 
 if __name__ == "__main__":

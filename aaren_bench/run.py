@@ -103,12 +103,14 @@ def usable_checkpoint(path: Path) -> bool:
 def make_callbacks(cfg: DictConfig, run_dir: Path) -> list:
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
+    monitor = cfg.task.get("monitor")  # null: no model selection, the last weights are tested
     cbs = [
         ModelCheckpoint(
             dirpath=str(run_dir / "checkpoints"),
-            filename="best",
-            monitor=cfg.task.monitor,
-            mode=cfg.task.monitor_mode,
+            filename="best" if monitor else "last",
+            monitor=monitor,
+            mode=cfg.task.get("monitor_mode", "min"),
+            save_top_k=1 if monitor else 0,
             save_last=True,
             enable_version_counter=False,
         )
@@ -116,8 +118,8 @@ def make_callbacks(cfg: DictConfig, run_dir: Path) -> list:
     every = cfg.get("checkpoint_every_min")
     if every:  # last.ckpt also every N minutes of training, so a kill loses at most N minutes
         cbs.append(ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), monitor=None, save_top_k=0, save_last=True,
-                                   train_time_interval=timedelta(minutes=float(every))))
-    if cfg.task.get("patience"):
+                                   train_time_interval=timedelta(minutes=float(every)), enable_version_counter=False))
+    if cfg.task.get("patience") and monitor:
         cbs.append(EarlyStopping(monitor=cfg.task.monitor, mode=cfg.task.monitor_mode, patience=cfg.task.patience))
     return cbs
 
@@ -169,6 +171,8 @@ def _run(cfg: DictConfig, run_dir: Path, debug: bool) -> dict:
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
         fit_s = time.perf_counter() - t0
         best = None if debug else (trainer.checkpoint_callback.best_model_path or None)
+        if not debug and not cfg.task.get("monitor"):
+            best = None  # no model selection: test the weights training ended with
         tested = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
         metrics = {k: float(v) for k, v in (tested[0] if tested else {}).items()}
         record = {

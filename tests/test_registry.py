@@ -43,3 +43,10 @@ def test_bad_checksum_after_download(tmp_path):
 def test_unreachable_source(tmp_path):
     with pytest.raises(DatasetNotFound, match="download failed"):
         fetch(spec_for((tmp_path / "nowhere.csv").as_uri()), tmp_path / "root")
+
+
+def test_failed_download_leaves_the_data_root_untouched(tmp_path):
+    root = tmp_path / "root"
+    with pytest.raises(DatasetNotFound):
+        fetch(spec_for((tmp_path / "nowhere.csv").as_uri(), path="deep/er/file.csv"), root)
+    assert not root.exists()

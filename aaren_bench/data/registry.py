@@ -135,16 +135,20 @@ def verify_file(path: Path, f: RemoteFile) -> None:
 
 
 def _download(url: str, dest: Path, timeout: float = 60.0) -> None:
-    """Stream ``url`` into ``dest`` atomically (a temporary file renamed into place)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-            shutil.copyfileobj(resp, out, length=1 << 20)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Stream ``url`` into ``dest`` atomically (a temporary file renamed into place).
+
+    The source is opened first: a failed download leaves the data root untouched.
+    """
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                shutil.copyfileobj(resp, out, length=1 << 20)
+            os.replace(tmp, dest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def fetch(name_or_spec: str | DatasetSpec, data_root: str | Path | None = None, download: bool = True) -> dict[str, Path]:
@@ -174,7 +178,7 @@ def _fetch_one(f: RemoteFile, local: Path) -> None:
     if f.member is None:
         _download(f.url, local)
         return
-    with tempfile.TemporaryDirectory(dir=local.parent.parent if local.parent.exists() else None) as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         archive = Path(tmp) / "archive.zip"
         _download(f.url, archive)
         with zipfile.ZipFile(archive) as z:

@@ -1,0 +1,42 @@
+"""Offline RL: the 12 D4RL -v2 gym-MuJoCo datasets, and the locally collected one.
+
+Canonical files (D4RL): ``<BASE>/<env>_<dataset with - as _>-v2.hdf5``, stored under the
+data root as ``d4rl/<same name>``. No verified copy could be examined here, so no sha256
+is pinned yet. A dataset config can point at any D4RL-layout file instead with
+``dataset.file=...`` (e.g. one written by ``aaren-bench collect``).
+"""
+from __future__ import annotations
+
+from aaren_bench.data.registry import DatasetSpec, RemoteFile, register
+
+BASE = "http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2"
+ENVS = {"halfcheetah": (17, 6), "hopper": (11, 3), "walker2d": (17, 6), "ant": (111, 8)}
+KINDS = ("medium", "medium-replay", "medium-expert")
+
+
+def d4rl_file(env: str, kind: str) -> str:
+    return f"{env}_{kind.replace('-', '_')}-v2.hdf5"
+
+
+for _env, (_obs, _act) in ENVS.items():
+    for _kind in KINDS:
+        _file = d4rl_file(_env, _kind)
+        register(
+            DatasetSpec(
+                name=f"{_env}-{_kind}",
+                task="rl",
+                files=(RemoteFile(path=f"d4rl/{_file}", url=f"{BASE}/{_file}"),),
+                info={"env": _env, "obs_dim": _obs, "act_dim": _act, "source": "D4RL -v2"},
+            )
+        )
+
+register(
+    DatasetSpec(
+        name="halfcheetah-collected",
+        task="rl",
+        files=(RemoteFile(path="d4rl/halfcheetah_collected-v2.hdf5", url=""),),
+        info={"env": "halfcheetah", "obs_dim": 17, "act_dim": 6, "source": "aaren-bench collect"},
+        note="written locally: aaren-bench collect --env halfcheetah --policy random --episodes 10 "
+        "--out <data_root>/d4rl/halfcheetah_collected-v2.hdf5 (train.py does this itself when the file is missing)",
+    )
+)
