@@ -32,7 +32,7 @@ test-slurm: venv
 
 ## the efficiency suite: CSV + PNG + summary in bench_results/
 bench: venv
-	$(BIN)/aaren-bench bench $(ARGS)
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/aaren-bench bench $(ARGS)
 
 bench-tiny: venv
 	$(BIN)/aaren-bench bench --tiny $(ARGS)

@@ -66,7 +66,7 @@ class Backbone(nn.Module):
         dropout: float = 0.1,
         activation: str = "gelu",
         norm_first: bool = False,
-        scan_chunk: int = 64,
+        scan_chunk: int = 32,
     ):
         super().__init__()
         if mixer not in MIXERS:
@@ -136,5 +136,5 @@ def build_backbone(cfg) -> Backbone:
         dropout=cfg.dropout,
         activation=cfg.get("activation", "gelu"),
         norm_first=cfg.get("norm_first", False),
-        scan_chunk=cfg.get("scan_chunk", 64),
+        scan_chunk=cfg.get("scan_chunk", 32),
     )

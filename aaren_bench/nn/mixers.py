@@ -55,7 +55,7 @@ class AarenMixer(_Projections):
     layer's input, i.e. the previous layer's outputs.
     """
 
-    def __init__(self, d_model: int, n_heads: int, scan_chunk: int = 64):
+    def __init__(self, d_model: int, n_heads: int, scan_chunk: int = 32):
         super().__init__(d_model, n_heads)
         self.query = nn.Parameter(torch.randn(d_model) / math.sqrt(d_model))
         self.scan_chunk = scan_chunk

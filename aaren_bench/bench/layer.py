@@ -1,0 +1,101 @@
+"""A layer's training step (forward + backward) for Aaren and the causal Transformer.
+
+One block of each backbone (same norms, feed-forward, sizes; the Transformer's mixer is
+``scaled_dot_product_attention`` with ``is_causal=True``) on a batch of random inputs;
+the loss is the mean square of the output. Time: the two backbones take turns, median
+and minimum over rounds. Memory, per step: the peak above what was in use before it
+(see :mod:`aaren_bench.bench.measure` for the method), and the bytes the autograd graph
+keeps for the backward pass (unique storages of the saved tensors), which needs no
+allocator support and is exact.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from aaren_bench.bench.measure import peak_memory, time_interleaved
+from aaren_bench.nn import Backbone
+
+BACKBONES = ("aaren", "transformer")
+
+
+@dataclass
+class LayerSizes:
+    batch: int = 16
+    lengths: tuple[int, ...] = (256, 512, 1024, 2048, 4096, 8192, 16384)
+    d_model: int = 128
+    n_heads: int = 1  # 128 dimensions per head
+    d_ff: int = 256
+    repeats: int = 3
+    max_step_s: float = 60.0  # skip a length whose predicted step time exceeds this
+    scan_chunk: int = 32
+
+
+def build(kind: str, sizes: LayerSizes, device: torch.device) -> Backbone:
+    torch.manual_seed(0)
+    model = Backbone(
+        kind, d_model=sizes.d_model, n_layers=1, n_heads=sizes.n_heads, d_ff=sizes.d_ff, dropout=0.0,
+        scan_chunk=sizes.scan_chunk,
+    )
+    return model.to(device).train()
+
+
+def _train_step(model: Backbone, x: torch.Tensor):
+    def step():
+        model.zero_grad(set_to_none=True)
+        model(x).square().mean().backward()
+
+    return step
+
+
+def saved_for_backward_bytes(model: Backbone, x: torch.Tensor) -> int:
+    """Bytes of the distinct storages the autograd graph saves during one forward."""
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor):
+        st = t.untyped_storage()
+        storages[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = model(x).square().mean()
+    del loss
+    return sum(storages.values())
+
+
+def run_layer(sizes: LayerSizes, device: torch.device, log=print) -> list[dict]:
+    """One row per (backbone, N): step time, peak memory, saved-for-backward bytes."""
+    models = {k: build(k, sizes, device) for k in BACKBONES}
+    rows = []
+    last: dict[str, tuple[int, float]] = {}
+    for N in sizes.lengths:
+        x = torch.randn(sizes.batch, N, sizes.d_model, generator=torch.Generator().manual_seed(N)).to(device)
+        run = {}
+        for k in BACKBONES:
+            if k in last:
+                n0, t0 = last[k]
+                predicted = t0 * (N / n0) ** 2  # quadratic: an upper bound for both
+                if predicted > sizes.max_step_s:
+                    log(f"layer N={N}: {k} skipped (predicted step {predicted:.0f} s > max_step_s {sizes.max_step_s:g} s)")
+                    rows.append({"backbone": k, "N": N, "batch": sizes.batch, "d_model": sizes.d_model, "skipped": "over time budget"})
+                    continue
+            run[k] = _train_step(models[k], x)
+        if not run:
+            continue
+        res = time_interleaved(run, sizes.repeats, device)
+        for k, step in run.items():
+            peak = peak_memory(step, device)
+            saved = saved_for_backward_bytes(models[k], x)
+            last[k] = (N, res[k]["median"])
+            rows.append(
+                {"backbone": k, "N": N, "batch": sizes.batch, "d_model": sizes.d_model, "skipped": "",
+                 "median_s": res[k]["median"], "min_s": res[k]["min"], "runs": res[k]["runs"],
+                 "peak_bytes": peak, "saved_bytes": saved}
+            )
+        msg = ", ".join(f"{k} {res[k]['median'] * 1e3:.0f} ms" for k in run)
+        if len(run) == 2:
+            msg += f" (aaren/transformer {res['aaren']['median'] / res['transformer']['median']:.2f})"
+        log(f"layer N={N}: {msg}")
+        del x, run
+    return rows

@@ -1,0 +1,183 @@
+"""The fast exact prefix scan: chunked, with an exact hand-written backward.
+
+Inputs are already masked (-inf at invalid tokens) and in the accumulation dtype
+(float32 or float64). Per position k, with the running max m_k = max_{i<=k} s_i:
+
+    lam_k = log sum_{i<=k} exp(s_i - m_k)         (>= 0; m = lam = -inf for an empty prefix)
+    o_k   = sum_{i<=k} p_ki v_i,  p_ki = exp(s_i - m_k - lam_k)
+
+Every weight p_ki is <= 1 (s_i <= m_k, lam_k >= 0): nothing can overflow for any score
+magnitude. The log-sum-exp m_k + lam_k is never formed as one number: at |s| ~ 1e4 a
+float32 sum would lose lam's precision, so s_i - m_k (exact: both are scores) is always
+taken first.
+
+Forward (tokens split into J blocks of C):
+1. inside each block, a lower-triangular C x C matrix W_ki = exp(s_i - m_loc_k),
+   referenced to the block-local running max, gives the block-local (m, lam);
+2. each block becomes one summary token (score m + lam, kept as the pair, and its
+   softmax average), and the J summaries go through the same function (recursion);
+3. each position merges its block-local prefix with the inherited one:
+   o = P @ v_block + beta * o_in, P_ki = p_ki, beta_k = exp(L_in - m_k - lam_k).
+
+Backward, with do = dLoss/do and delta_k = do_k . o_k:
+
+    dv_i = sum_{k>=i} p_ki do_k
+    ds_i = v_i . dv_i - sum_{k>=i} p_ki delta_k
+
+Inside a block these are products with P^T; from later blocks the weights factor as
+exp(s_i) exp(-m_k - lam_k), so their contribution is one more forward scan (of the
+reversed block summaries, with scores -min m over the block), again with every weight
+bounded. Only s, v, o and the per-position (m, lam) are kept for backward; nothing of
+size N x N, and the C x C block matrix is recomputed.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+NEG_INF = float("-inf")
+POS_INF = float("inf")
+
+
+def _pad_to(t: Tensor, length: int, dim: int, value: float) -> Tensor:
+    """Pad ``t`` along ``dim`` (counted from the end, -1 or -2) to ``length``."""
+    extra = length - t.shape[dim]
+    if extra == 0:
+        return t
+    pad = (0, extra) if dim == -1 else (0, 0, 0, extra)
+    return torch.nn.functional.pad(t, pad, value=value)
+
+
+def _replace_inf(t: Tensor, neg: float = NEG_INF, pos: float = POS_INF) -> Tensor:
+    """t with -inf -> ``neg`` and +inf -> ``pos`` (NaN kept): one elementwise op."""
+    return torch.nan_to_num(t, nan=float("nan"), posinf=pos, neginf=neg)
+
+
+def _shift_right(t: Tensor, dim: int, fill: float) -> Tensor:
+    """Exclusive form of an inclusive prefix along ``dim`` (-1 or -2)."""
+    first = torch.full_like(t.narrow(dim, 0, 1), fill)
+    return torch.cat([first, t.narrow(dim, 0, t.shape[dim] - 1)], dim=dim)
+
+
+def _shift_left(t: Tensor, dim: int, fill: float) -> Tensor:
+    """Exclusive form of an inclusive suffix along ``dim`` (-1 or -2)."""
+    last = torch.full_like(t.narrow(dim, 0, 1), fill)
+    return torch.cat([t.narrow(dim, 1, t.shape[dim] - 1), last], dim=dim)
+
+
+def scan_core(s: Tensor, v: Tensor, chunk: int, lo: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Forward only (no autograd).
+
+    s (B, H, N) masked scores, v (B, H, N, D); ``lo`` (B, H, N), finite, optional: token i's
+    score is then s_i + lo_i (the block summaries of the level below, kept as two numbers
+    so that a large score never absorbs a small log-sum).
+    Returns o (B, H, N, D), m (B, H, N) the running max of s, and lam (B, H, N) with
+    log sum_{i<=k} exp(s_i + lo_i) = m_k + lam_k (m = lam = -inf for an empty prefix).
+    """
+    B, H, N, D = v.shape
+    C = min(max(chunk, 2), N)  # a block of 2 or more, so the recursion shrinks
+    J = -(-N // C)
+    sb = _pad_to(s, J * C, -1, NEG_INF).view(B, H, J, C)
+    vb = _pad_to(v, J * C, -2, 0.0).view(B, H, J, C, D)
+
+    # 1. block-local prefixes, each row referenced to its block-local running max
+    m_loc = torch.cummax(sb, dim=-1).values  # (B, H, J, C)
+    x = sb[..., None, :] - _replace_inf(m_loc, neg=0.0)[..., :, None]  # (B, H, J, C, C)
+    if lo is not None:
+        x.add_(_pad_to(lo, J * C, -1, 0.0).view(B, H, J, 1, C))
+    W = x.exp_().tril_()  # above the diagonal exp may overflow: tril_ discards it
+    den_loc = W.sum(-1)  # (B, H, J, C): >= exp(min lo) > 0, or 0 for an empty prefix
+    lam_loc = torch.log(den_loc)
+
+    # 2. what each block inherits: the same scan over one summary token per block
+    if J > 1:
+        den_last = den_loc[..., -1:]
+        last = W[..., -1:, :] / torch.where(den_last > 0, den_last, 1.0)[..., None]
+        tok_v = (last @ vb).squeeze(-2)  # (B, H, J, D): each block's softmax average
+        tok_lo = _replace_inf(lam_loc[..., -1], neg=0.0).contiguous()
+        o_blk, m_blk, lam_blk = scan_core(m_loc[..., -1].contiguous(), tok_v, chunk, tok_lo)
+        m_in = _shift_right(m_blk, -1, NEG_INF)[..., None]  # (B, H, J, 1)
+        lam_in = _shift_right(lam_blk, -1, NEG_INF)[..., None]
+        o_in = _shift_right(o_blk, -2, 0.0)  # (B, H, J, D)
+        m = torch.maximum(m_loc, m_in)
+        ref = _replace_inf(m, neg=0.0)
+        a_loc = m_loc - ref  # (B, H, J, C) <= 0, exact: both are scores
+        a_in = (m_in - ref) + lam_in
+        lam = torch.logaddexp(a_loc + lam_loc, a_in)
+    else:
+        m, lam, a_loc = m_loc, lam_loc, torch.zeros_like(m_loc)
+
+    # 3. merge: P_ki = exp(s_i + lo_i - m_k - lam_k) = W_ki exp(m_loc_k - m_k - lam_k)
+    lam_ref = _replace_inf(lam, neg=POS_INF)  # an empty prefix: every weight 0
+    P = W.mul_(torch.exp(a_loc - lam_ref)[..., None])
+    o = torch.matmul(P, vb)  # (B, H, J, C, D)
+    if J > 1:
+        o.addcmul_(torch.exp(a_in - lam_ref)[..., None], o_in[..., None, :])
+    o = o.view(B, H, J * C, D)
+    m, lam = m.reshape(B, H, J * C), lam.reshape(B, H, J * C)
+    if J * C != N:
+        o, m, lam = o[:, :, :N].contiguous(), m[..., :N].contiguous(), lam[..., :N].contiguous()
+    return o, m, lam
+
+
+def scan_core_backward(
+    s: Tensor, v: Tensor, o: Tensor, m: Tensor, lam: Tensor, do: Tensor, chunk: int
+) -> tuple[Tensor, Tensor]:
+    """Gradients (ds (B, H, N), dv (B, H, N, D)) of ``scan_core``'s o for upstream do."""
+    B, H, N, D = v.shape
+    C = min(max(chunk, 2), N)
+    J = -(-N // C)
+    delta = torch.einsum("bhnd,bhnd->bhn", do, o)  # (B, H, N)
+    sb = _pad_to(s, J * C, -1, NEG_INF).view(B, H, J, C)
+    # an empty prefix gets m = +inf, lam = 0: every weight of its row is exp(-inf) = 0
+    m_ref = _replace_inf(_pad_to(m, J * C, -1, NEG_INF), neg=POS_INF).view(B, H, J, C)
+    lam_ref = _replace_inf(_pad_to(lam, J * C, -1, NEG_INF), neg=0.0).view(B, H, J, C)
+    dob = _pad_to(do, J * C, -2, 0.0).view(B, H, J, C, D)
+    deltab = _pad_to(delta, J * C, -1, 0.0).view(B, H, J, C)
+
+    # inside each block: the transposed attention weights
+    x = sb[..., None, :] - m_ref[..., :, None]  # (B, H, J, C, C)
+    P = x.sub_(lam_ref[..., :, None]).exp_().tril_()  # P_ki = exp(s_i - m_k - lam_k) <= 1
+    Pt = P.transpose(-1, -2)
+    dv = torch.matmul(Pt, dob)  # (B, H, J, C, D)
+    e = torch.matmul(Pt, deltab[..., None]).squeeze(-1)  # (B, H, J, C)
+
+    # from all later blocks: sum_{k later} exp(s_i - m_k - lam_k) [do_k, delta_k]
+    if J > 1:
+        m_first = m_ref.amin(-1)  # (B, H, J): the block's smallest running max (+inf: empty)
+        w = torch.exp((_replace_inf(m_first, pos=0.0)[..., None] - m_ref) - lam_ref)  # <= 1
+        S = (w[..., None, :] @ dob).squeeze(-2)  # (B, H, J, D)
+        sigma = (w * deltab).sum(-1, keepdim=True)  # (B, H, J, 1)
+        # = exp(s_i) sum_{blocks j' > j} exp(-m_first_j') [S, sigma]_j': a scan from the end
+        vals = torch.cat([S, sigma], dim=-1).flip(-2).contiguous()  # (B, H, J, D + 1)
+        o_suf, m_suf, lam_suf = scan_core((-m_first).flip(-1).contiguous(), vals, chunk)
+        o_x = _shift_left(o_suf.flip(-2), -2, 0.0)  # blocks after j only
+        m_x = _shift_left(m_suf.flip(-1), -1, NEG_INF)[..., None]  # (B, H, J, 1)
+        lam_x = _shift_left(lam_suf.flip(-1), -1, NEG_INF)[..., None]
+        u = torch.exp((sb + m_x) + lam_x)  # (B, H, J, C) <= J: s_i <= m_first of later blocks
+        dv.addcmul_(u[..., None], o_x[..., None, :D])
+        e = e + u * o_x[..., D:]
+    dv = dv.view(B, H, J * C, D)
+    e = e.reshape(B, H, J * C)
+    if J * C != N:
+        dv, e = dv[:, :, :N].contiguous(), e[..., :N]
+    ds = torch.einsum("bhnd,bhnd->bhn", v, dv) - e
+    return ds, dv
+
+
+class ChunkedScan(torch.autograd.Function):
+    """(s, v) -> o with the exact backward above; s masked, both float32 or float64."""
+
+    @staticmethod
+    def forward(ctx, s: Tensor, v: Tensor, chunk: int):
+        o, m, lam = scan_core(s, v, chunk)
+        ctx.save_for_backward(s, v, o, m, lam)
+        ctx.chunk = chunk
+        return o
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, do: Tensor):
+        s, v, o, m, lam = ctx.saved_tensors
+        ds, dv = scan_core_backward(s, v, o, m, lam, do.contiguous(), ctx.chunk)
+        return ds, dv, None
