@@ -1,0 +1,219 @@
+"""Event sequences: the in-memory form every loader produces, its checks, splits and batches.
+
+A dataset is an :class:`EventSeqs`: for each sequence, strictly increasing absolute event
+times, 0-based integer marks in ``[0, num_marks)``, and an observation window
+``[t_start, t_end]`` that contains every event. The likelihood of a sequence is that of
+its events *and* of seeing no further event in ``(t_last, t_end]`` (the survival term).
+
+Bad input raises :class:`EventDataError` (a ``ValueError``) naming the sequence and what
+to do; nothing is silently repaired. Two documented options relax the checks:
+``tie_eps`` (replace zero inter-event times by a small positive gap) and ``drop_empty``
+(drop sequences without events).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+__all__ = ["EventDataError", "EventSeqs", "collate", "split_sequences"]
+
+
+class EventDataError(ValueError):
+    """Event data that breaks an assumption of the model (ordering, marks, masks, ...)."""
+
+
+@dataclass
+class EventSeqs:
+    """Variable-length marked event sequences.
+
+    times: list of (n_s,) float64 absolute event times, strictly increasing
+    marks: list of (n_s,) int64 marks in [0, num_marks)
+    t_start, t_end: (S,) float64 observation window of each sequence
+    """
+
+    times: list
+    marks: list
+    t_start: np.ndarray
+    t_end: np.ndarray
+    num_marks: int
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+    @property
+    def n_events(self) -> int:
+        return int(sum(len(t) for t in self.times))
+
+    def subset(self, idx) -> "EventSeqs":
+        idx = list(idx)
+        return EventSeqs(
+            [self.times[i] for i in idx],
+            [self.marks[i] for i in idx],
+            self.t_start[idx],
+            self.t_end[idx],
+            self.num_marks,
+        )
+
+    def inter_times(self) -> list:
+        """(n_s,) gaps tau_i = t_i - t_{i-1} with t_0 = t_start, per sequence."""
+        return [np.diff(t, prepend=t0) for t, t0 in zip(self.times, self.t_start)]
+
+    def mean_inter_time(self) -> float:
+        gaps = np.concatenate(self.inter_times()) if len(self) else np.zeros(0)
+        if gaps.size == 0:
+            raise EventDataError("cannot compute a time scale from a split without events")
+        return float(gaps.mean())
+
+    @classmethod
+    def build(
+        cls,
+        times,
+        marks=None,
+        t_start=None,
+        t_end=None,
+        num_marks: int | None = None,
+        tie_eps: float | None = None,
+        drop_empty: bool = False,
+        source: str = "event data",
+    ) -> "EventSeqs":
+        """Check and assemble sequences; see the module docstring for what is checked.
+
+        times: list of 1-D arrays of absolute times; marks: list of int arrays (None: all 0);
+        t_start / t_end: per-sequence window (None: 0 / the last event time);
+        num_marks: the declared number of marks (None: max mark + 1).
+        """
+        times = [np.asarray(t, dtype=np.float64).reshape(-1) for t in times]
+        S = len(times)
+        if S == 0:
+            raise EventDataError(f"{source}: no sequences")
+        marks = [np.zeros(len(t), np.int64) for t in times] if marks is None else [np.asarray(m) for m in marks]
+        if len(marks) != S:
+            raise EventDataError(f"{source}: {S} time sequences but {len(marks)} mark sequences")
+        t_start = np.zeros(S) if t_start is None else np.broadcast_to(np.asarray(t_start, np.float64), (S,)).copy()
+        t_end_given = t_end is not None
+        t_end = np.zeros(S) if t_end is None else np.broadcast_to(np.asarray(t_end, np.float64), (S,)).copy()
+
+        keep = []
+        for s, (t, m) in enumerate(zip(times, marks)):
+            where = f"{source}, sequence {s}"
+            if len(t) == 0:
+                if drop_empty:
+                    continue
+                raise EventDataError(
+                    f"{where} has no events. Empty sequences carry no event to predict; "
+                    "remove them or pass drop_empty=true (dataset.drop_empty=true) to drop them."
+                )
+            if m.shape != t.shape:
+                raise EventDataError(f"{where}: {t.shape[0]} times but {m.shape[0]} marks")
+            if not np.all(np.isfinite(t)):
+                raise EventDataError(f"{where}: times contain NaN or infinity")
+            if not np.issubdtype(m.dtype, np.integer):
+                if not np.all(np.mod(m, 1) == 0):
+                    raise EventDataError(f"{where}: marks must be integers, got {m.dtype} values such as {m[:3]}")
+            m = m.astype(np.int64)
+            gaps = np.diff(t)
+            if np.any(gaps < 0):
+                i = int(np.argmax(gaps < 0)) + 1
+                raise EventDataError(
+                    f"{where}: times must be increasing, but event {i} at t={t[i]!r} comes before event {i - 1} "
+                    f"at t={t[i - 1]!r} (a negative inter-event time). Sort the events or fix the file."
+                )
+            if np.any(gaps == 0):
+                if tie_eps is None:
+                    i = int(np.argmax(gaps == 0)) + 1
+                    raise EventDataError(
+                        f"{where}: events {i - 1} and {i} share the time {t[i]!r} (a zero inter-event time, which "
+                        "has zero density under the log-normal model). Pass tie_eps=<small gap> "
+                        "(dataset.tie_eps=1e-6) to separate tied events by that gap."
+                    )
+                t = _separate_ties(t, tie_eps)
+            if t_start[s] > t[0]:
+                raise EventDataError(f"{where}: the first event t={t[0]!r} is before the window start {t_start[s]!r}")
+            if not t_end_given:
+                t_end[s] = t[-1]
+            elif t_end[s] < t[-1]:
+                raise EventDataError(f"{where}: the last event t={t[-1]!r} is after the window end {t_end[s]!r}")
+            times[s], marks[s] = t, m
+            keep.append(s)
+        if not keep:
+            raise EventDataError(f"{source}: every sequence is empty")
+
+        all_marks = np.concatenate([marks[s] for s in keep])
+        lo, hi = int(all_marks.min()), int(all_marks.max())
+        if num_marks is None:
+            num_marks = hi + 1
+        if lo < 0 or hi >= num_marks:
+            bad = lo if lo < 0 else hi
+            raise EventDataError(
+                f"{source}: mark {bad} is outside the declared range [0, {num_marks}) "
+                f"(marks span {lo}..{hi}). Check dataset.num_marks or the file's mark indexing."
+            )
+        return cls([times[s] for s in keep], [marks[s] for s in keep], t_start[keep], t_end[keep], int(num_marks))
+
+
+def _separate_ties(t: np.ndarray, eps: float) -> np.ndarray:
+    """Shift every event forward so that consecutive gaps are >= eps (documented handling of ties)."""
+    if eps <= 0:
+        raise EventDataError(f"tie_eps must be positive, got {eps}")
+    out = t.copy()
+    for i in range(1, len(out)):
+        if out[i] - out[i - 1] < eps:
+            out[i] = out[i - 1] + eps
+    return out
+
+
+def split_sequences(seqs: EventSeqs, split) -> dict[str, EventSeqs]:
+    """Split by sequence, in file order (as Meta TPP does).
+
+    split: [train, val] either as fractions (test = the rest) or as counts (> 1).
+    Fractions use Meta TPP's rounding: n_train = int(S * f_train), n_val = int(S * f_val).
+    """
+    S = len(seqs)
+    a, b = float(split[0]), float(split[1])
+    if a > 1 or b > 1:
+        n_tr, n_va = int(a), int(b)
+    else:
+        n_tr, n_va = int(S * a), int(S * b)
+    if n_tr <= 0 or n_va <= 0 or n_tr + n_va >= S:
+        raise EventDataError(f"split {list(split)} of {S} sequences leaves an empty train, val or test part")
+    return {
+        "train": seqs.subset(range(0, n_tr)),
+        "val": seqs.subset(range(n_tr, n_tr + n_va)),
+        "test": seqs.subset(range(n_tr + n_va, S)),
+    }
+
+
+def collate(seqs: EventSeqs, idx) -> dict[str, torch.Tensor]:
+    """Pad sequences ``idx`` into one batch (N = the longest of them).
+
+    times (B, N) float32, time since the window start;
+    dts (B, N) float32, inter-event times tau_i (tau_1 from the window start), computed in float64;
+    marks (B, N) int64 (0 at padding); mask (B, N) bool, True at events;
+    last_gap (B,) float32, t_end - t_last (the interval of the survival term).
+    """
+    idx = list(idx)
+    B = len(idx)
+    N = max(len(seqs.times[i]) for i in idx)
+    times = np.zeros((B, N))
+    dts = np.ones((B, N))  # padding gets 1 so that log(dt) stays finite; masked out everywhere
+    marks = np.zeros((B, N), np.int64)
+    mask = np.zeros((B, N), bool)
+    last_gap = np.zeros(B)
+    for b, i in enumerate(idx):
+        t, t0 = seqs.times[i], seqs.t_start[i]
+        n = len(t)
+        times[b, :n] = t - t0
+        dts[b, :n] = np.diff(t, prepend=t0)
+        marks[b, :n] = seqs.marks[i]
+        mask[b, :n] = True
+        last_gap[b] = seqs.t_end[i] - t[-1]
+    f32 = lambda a: torch.from_numpy(a.astype(np.float32))  # noqa: E731
+    return {
+        "times": f32(times),
+        "dts": f32(dts),
+        "marks": torch.from_numpy(marks),
+        "mask": torch.from_numpy(mask),
+        "last_gap": f32(last_gap),
+    }

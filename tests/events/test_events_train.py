@@ -1,0 +1,76 @@
+"""task=events through the real entry point, and split metrics that do not depend on batching."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from aaren_bench.run import train
+from tasks.events import build
+from tasks.events.likelihood import metric_sums
+
+CONF = str(Path(__file__).resolve().parents[2] / "conf")
+
+
+def _cfg(*overrides):
+    with initialize_config_dir(config_dir=CONF, version_base=None):
+        return compose("config", overrides=["task=events", "logger=none", *overrides])
+
+
+def test_default_dataset_is_sin_and_sizes_follow_meta_tpp():
+    cfg = _cfg()
+    assert cfg.dataset.name == "Sin" and cfg.task.monitor == "val/nll"
+    assert (cfg.model.d_model, cfg.model.n_layers, cfg.model.n_heads) == (64, 2, 1)
+    assert cfg.task.optimizer.lr == 1e-4 and cfg.task.batch_size == 16
+
+
+@pytest.mark.parametrize("name", ["StackOverflow", "Mooc", "Reddit", "Wiki", "Uber", "Taxi", "MIMIC", "Sin"])
+def test_every_dataset_config_composes_and_is_registered(name):
+    from aaren_bench.data import get
+
+    cfg = _cfg(f"dataset={name}")
+    assert cfg.dataset.task == "events" and get(name).task == "events"
+
+
+def test_missing_meta_tpp_file_says_where_to_get_it(tmp_path):
+    from aaren_bench.data import DatasetNotFound
+
+    cfg = _cfg("dataset=Mooc", f"paths.data_root={tmp_path}")
+    with pytest.raises(DatasetNotFound, match="Google Drive.*real/mooc.npz"):
+        build(cfg)
+
+
+@pytest.mark.parametrize("model", ["aaren", "transformer"])
+def test_one_short_epoch_writes_a_record(model, runs_dir):
+    cfg = _cfg(f"model={model}", "dataset.n_seqs=20", "dataset.t_end=30", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
+               "trainer.enable_model_summary=false", f"paths.runs={runs_dir}")
+    rec = train(cfg)
+    m = rec["metrics"]
+    assert {"test/nll", "test/nll_time", "test/rmse"} <= set(m) and "test/acc" not in m  # Sin is unmarked
+    assert all(torch.isfinite(torch.tensor(v)) for v in m.values())
+    saved = json.loads((runs_dir / "events" / "Sin" / model / "seed0" / "result.json").read_text())
+    assert saved["metrics"] == m
+
+
+def test_split_metrics_are_exact_whatever_the_batch_size():
+    cfg = _cfg("dataset.n_seqs=30", "dataset.t_end=30")
+    dm, module = build(cfg)
+    module.eval()
+    seqs = dm.splits["test"]
+    from tasks.events.data import collate
+
+    def total(bs):
+        acc = [0.0] * 6
+        for i in range(0, len(seqs), bs):
+            b = collate(seqs, range(i, min(i + bs, len(seqs))))
+            with torch.no_grad():
+                for j, v in enumerate(metric_sums(*module.model(b), b)):
+                    acc[j] += v
+        return acc[0] / acc[3], (acc[4] / acc[3]) ** 0.5
+
+    nll1, rmse1 = total(1)
+    nll7, rmse7 = total(7)
+    assert nll1 == pytest.approx(nll7, rel=1e-5) and rmse1 == pytest.approx(rmse7, rel=1e-5)
