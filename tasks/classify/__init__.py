@@ -16,7 +16,7 @@ def build(cfg):
         nan_policy=t.nan_policy,
     )
     module = Classifier(cfg.model, t.optimizer, n_channels=dm.n_channels, n_classes=dm.n_classes,
-                        max_len=dm.max_len, readout=t.readout)
+                        max_len=dm.max_len, readout=t.readout, embed=t.embed)
     return dm, module
 
 

@@ -1,5 +1,9 @@
 """Classifier: value embedding + position -> causal backbone -> readout -> linear head.
 
+``embed``: ``causal_conv`` (default) embeds step k from steps k-2..k with a kernel-3
+convolution, as the Time-Series-Library's token embedding does, but left-padded instead of
+circular so that no step sees the future; ``linear`` embeds each step alone.
+
 The backbone is causal, so position k sees time steps <= k only. ``readout`` says how the
 head reads its outputs (padded steps never count):
 - ``flatten`` (default, the Time-Series-Library classifier the paper keeps): GELU, dropout,
@@ -19,10 +23,12 @@ from aaren_bench.nn import build_backbone
 from aaren_bench.nn.embed import sinusoidal
 
 READOUTS = ("flatten", "last", "mean")
+EMBEDS = ("causal_conv", "linear")
 
 
 class Classifier(L.LightningModule):
-    def __init__(self, model_cfg, optimizer_cfg, n_channels: int, n_classes: int, max_len: int, readout: str = "flatten"):
+    def __init__(self, model_cfg, optimizer_cfg, n_channels: int, n_classes: int, max_len: int, readout: str = "flatten",
+                 embed: str = "causal_conv"):
         super().__init__()
         if readout not in READOUTS:
             raise ValueError(f"task.readout must be one of {READOUTS}, got {readout!r}")
@@ -30,7 +36,13 @@ class Classifier(L.LightningModule):
         self.optimizer_cfg = optimizer_cfg
         self.backbone = build_backbone(model_cfg)
         d = self.backbone.d_model
-        self.value_embed = nn.Linear(n_channels, d)
+        if embed not in EMBEDS:
+            raise ValueError(f"task.embed must be one of {EMBEDS}, got {embed!r}")
+        # causal token embedding: step k mixes steps k-2..k (the anchor's kernel-3 convolution
+        # without its circular wrap-around and look-ahead); or a pointwise linear map
+        kernel = 3 if embed == "causal_conv" else 1
+        self.value_embed = nn.Conv1d(n_channels, d, kernel_size=kernel, bias=embed == "linear")
+        self.pad = kernel - 1
         self.embed_drop = nn.Dropout(model_cfg.dropout)
         self.head_drop = nn.Dropout(model_cfg.dropout)
         self.head = nn.Linear(d * max_len if readout == "flatten" else d, n_classes)
@@ -42,7 +54,8 @@ class Classifier(L.LightningModule):
             raise ValueError(f"expected series (batch, length, {self.n_channels}); got {tuple(x.shape)}")
         B, N, _ = x.shape
         pos = sinusoidal(torch.arange(N, device=x.device), self.backbone.d_model)  # (N, D)
-        h = self.embed_drop(self.value_embed(x) + pos)
+        xc = F.pad(x.transpose(1, 2), (self.pad, 0))  # (B, C, pad + N): left padding keeps it causal
+        h = self.embed_drop(self.value_embed(xc).transpose(1, 2) + pos)  # (B, N, D)
         h = self.backbone(h, padding_mask=mask)  # (B, N, D)
         m = mask[..., None].to(h.dtype)
         if self.readout == "flatten":
