@@ -1,0 +1,81 @@
+"""The forecasting datamodule: registry file -> checked series -> scaled parts -> window loaders."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from tasks.forecast.frame import read_series, time_features
+from tasks.forecast.windows import Scaler, WindowDataset, split_borders
+
+log = logging.getLogger("aaren_bench")
+
+
+class ForecastDataModule(L.LightningDataModule):
+    """Windows of one dataset under the Time-Series-Library protocol.
+
+    ``path`` is the CSV (from the registry via :func:`aaren_bench.data.fetch`). The scaler is
+    fitted on the training rows only and applied to every part; metrics are computed in that
+    scaled space. Loaders never drop a batch.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        split: str,
+        seq_len: int = 96,
+        label_len: int = 48,
+        pred_len: int = 192,
+        freq: str = "h",
+        target: str = "OT",
+        n_channels: int | None = None,
+        sentinel: float | None = None,
+        sentinel_policy: str = "keep",
+        batch_size: int = 32,
+        num_workers: int = 0,
+    ):
+        super().__init__()
+        self.path, self.split, self.freq = Path(path), split, freq
+        self.seq_len, self.label_len, self.pred_len = seq_len, label_len, pred_len
+        self.read_kw = dict(target=target, n_channels=n_channels, sentinel=sentinel, sentinel_policy=sentinel_policy)
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.datasets: dict[str, WindowDataset] = {}
+        self.scaler: Scaler | None = None
+        self.borders: dict[str, tuple[int, int]] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        series = read_series(self.path, **self.read_kw)
+        self.columns = series.columns
+        self.borders = split_borders(len(series.values), self.split, self.seq_len, self.pred_len)
+        b, e = self.borders["train"]
+        self.scaler = Scaler.fit(series.values[b:e])
+        scaled = self.scaler.transform(series.values)  # (T, C)
+        marks = time_features(series.dates, self.freq)  # (T, F)
+        for part, (b, e) in self.borders.items():
+            self.datasets[part] = WindowDataset(scaled[b:e], marks[b:e], self.seq_len, self.label_len, self.pred_len)
+        log.info(
+            "%s: windows train/val/test = %s", self.path.name, "/".join(str(len(d)) for d in self.datasets.values())
+        )
+
+    def _loader(self, part: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.datasets[part],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            drop_last=False,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

@@ -1,0 +1,69 @@
+"""The LightningModule: MSE training, exact MSE/MAE over every validation and test window."""
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+
+from tasks.forecast.head import Forecaster
+from tasks.forecast.metrics import ErrorSums
+
+LR_SCHEDULES = ("type1", "none")
+
+
+def type1_factor(epoch: int) -> float:
+    """TSLib ``lradj=type1`` as its loop applies it: epochs 0 and 1 at the base rate, then halved each epoch."""
+    return 0.5 ** max(epoch - 1, 0)
+
+
+class ForecastModule(L.LightningModule):
+    def __init__(self, net: Forecaster, optimizer, lr_schedule: str = "type1"):
+        super().__init__()
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"task.lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
+        self.net = net
+        self.backbone = net.backbone
+        self.optimizer_factory, self.lr_schedule = optimizer, lr_schedule
+        self.sums = {"val": ErrorSums(), "test": ErrorSums()}
+
+    def forward(self, x, x_mark, y_mark):
+        return self.net(x, x_mark, y_mark)
+
+    def training_step(self, batch, batch_idx):
+        x, x_mark, y, y_mark = batch
+        loss = F.mse_loss(self(x, x_mark, y_mark), y)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(x))
+        return loss
+
+    def _eval_step(self, part: str, batch) -> None:
+        x, x_mark, y, y_mark = batch
+        self.sums[part].update(self(x, x_mark, y_mark), y)
+
+    def on_validation_epoch_start(self):
+        self.sums["val"].reset()
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step("val", batch)
+
+    def on_validation_epoch_end(self):
+        m = self.sums["val"].compute()
+        self.log("val/loss", m["mse"], prog_bar=True)
+        self.log("val/mae", m["mae"])
+
+    def on_test_epoch_start(self):
+        self.sums["test"].reset()
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step("test", batch)
+
+    def on_test_epoch_end(self):
+        m = self.sums["test"].compute()
+        self.log("test/mse", m["mse"])
+        self.log("test/mae", m["mae"])
+
+    def configure_optimizers(self):
+        opt = self.optimizer_factory(self.parameters())
+        if self.lr_schedule == "none":
+            return opt
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, type1_factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}

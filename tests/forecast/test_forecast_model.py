@@ -1,0 +1,125 @@
+"""Forecasting model: heads, instance normalisation, exact metrics, the LR schedule, configs and a smoke run."""
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from aaren_bench.nn import Backbone
+from tasks.forecast import ErrorSums, Forecaster, instance_norm, mse_mae
+from tasks.forecast.module import ForecastModule, type1_factor
+
+KINDS = ["aaren", "transformer"]
+
+
+def net(kind, head="last", seq=12, label=4, pred=6, C=3, F=4):
+    torch.manual_seed(0)
+    bb = Backbone(kind, d_model=16, n_layers=2, n_heads=2, d_ff=32, dropout=0.0)
+    return Forecaster(bb, C, F, seq, label, pred, head=head, dropout=0.0).double().eval()
+
+
+def batch(B=5, seq=12, label=4, pred=6, C=3, F=4):
+    g = torch.Generator().manual_seed(1)
+    return (torch.randn(B, seq, C, generator=g, dtype=torch.float64), torch.rand(B, seq, F, generator=g, dtype=torch.float64) - 0.5,
+            torch.rand(B, label + pred, F, generator=g, dtype=torch.float64) - 0.5)
+
+
+# ---------------------------------------------------------------- metrics against hand-computed values
+def test_mse_mae_hand_values():
+    pred = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    target = torch.tensor([[0.0, 2.0], [5.0, 1.0]])
+    mse, mae = mse_mae(pred, target)  # errors 1, 0, -2, 3
+    assert mse == pytest.approx((1 + 0 + 4 + 9) / 4) and mae == pytest.approx((1 + 0 + 2 + 3) / 4)
+
+
+def test_error_sums_are_exact_over_unequal_batches():
+    g = torch.Generator().manual_seed(0)
+    p, t = torch.randn(70, 8, 3, generator=g), torch.randn(70, 8, 3, generator=g)
+    s = ErrorSums()
+    for i in range(0, 70, 32):  # 32, 32, 6: a mean of batch means would weigh the last batch 5x too much
+        s.update(p[i : i + 32], t[i : i + 32])
+    out = s.compute()
+    err = p.double() - t.double()
+    assert out["mse"] == pytest.approx(float((err**2).mean()), rel=1e-12)
+    assert out["mae"] == pytest.approx(float(err.abs().mean()), rel=1e-12)
+    with pytest.raises(RuntimeError, match="no predictions"):
+        ErrorSums().compute()
+
+
+# ---------------------------------------------------------------- heads and normalisation
+def test_instance_norm_statistics():
+    x = torch.tensor([[[1.0, 10.0], [3.0, 10.0]]])  # (1, 2, 2)
+    z, mean, std = instance_norm(x, eps=0.0 + 1e-12)
+    assert mean.tolist() == [[[2.0, 10.0]]]
+    assert torch.allclose(z[0, :, 0], torch.tensor([-1.0, 1.0]))
+    assert torch.all(z[0, :, 1] == 0)
+
+
+@pytest.mark.parametrize("head", ["last", "decoder"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_forecast_shape_and_normalisation_equivariance(kind, head):
+    """Instance normalisation + de-normalisation: forecasting x+b gives forecast+b exactly, and a*x gives
+    a*forecast up to the eps (1e-5) added to the variance."""
+    m = net(kind, head)
+    x, xm, ym = batch()
+    y = m(x, xm, ym)
+    assert y.shape == (5, 6, 3)
+    a, b = torch.tensor([2.0, 0.5, 3.0], dtype=torch.float64), torch.tensor([10.0, -4.0, 0.3], dtype=torch.float64)
+    torch.testing.assert_close(m(x + b, xm, ym), y + b, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(m(a * x, xm, ym), a * y, rtol=1e-3, atol=1e-3)
+    assert not torch.allclose(m(a * x, xm, ym), y, atol=1e-2)  # the scale does reach the forecast
+
+
+@pytest.mark.parametrize("head,n_tokens", [("last", 12), ("decoder", 12 + 4 + 6)])
+def test_both_backbones_see_the_same_tokens(head, n_tokens):
+    """The backbone is the only difference: the same embedded sequence goes into either one."""
+    seen, embed = {}, None
+    for kind in KINDS:
+        m = net(kind, head)
+        embed = embed or m.embed.state_dict()
+        m.embed.load_state_dict(embed)  # same embedding weights: the sequences must then be identical
+        m.backbone.register_forward_hook(lambda mod, inp, out, k=kind: seen.__setitem__(k, inp[0].detach()))
+        m(*batch())
+    assert seen["aaren"].shape == (5, n_tokens, 16)
+    torch.testing.assert_close(seen["aaren"], seen["transformer"])
+
+
+def test_decoder_forecast_ignores_nothing_of_the_future_values():
+    """The decoder head must not see target values: it only receives x, x_mark and y_mark."""
+    m = net("aaren", "decoder")
+    x, xm, ym = batch()
+    y1 = m(x, xm, ym)
+    ym2 = ym.clone()
+    ym2[:, -6:] += 0.1  # future calendar features do matter for this head
+    assert not torch.allclose(m(x, xm, ym2), y1)
+
+
+def test_bad_shapes_and_head():
+    m = net("aaren")
+    x, xm, ym = batch()
+    with pytest.raises(ValueError, match=r"expected input \(batch, 12, 3\)"):
+        m(x[:, :10], xm[:, :10], ym)
+    with pytest.raises(ValueError, match="task.head"):
+        net("aaren", head="mlp")
+
+
+# ---------------------------------------------------------------- schedule and exact test metrics through Lightning
+def test_type1_schedule_as_tslib():
+    assert [type1_factor(e) for e in range(5)] == [1.0, 1.0, 0.5, 0.25, 0.125]
+
+
+def test_logged_test_metrics_are_exact_over_every_window():
+    m = net("transformer").float()
+    module = ForecastModule(m, optimizer=lambda p: torch.optim.Adam(p, 1e-3))
+    g = torch.Generator().manual_seed(0)
+    n = 37  # batch 16: 16 + 16 + 5, nothing dropped
+    data = TensorDataset(torch.randn(n, 12, 3, generator=g), torch.rand(n, 12, 4, generator=g),
+                         torch.randn(n, 6, 3, generator=g), torch.rand(n, 10, 4, generator=g))
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
+    out = trainer.test(module, DataLoader(data, batch_size=16), verbose=False)[0]
+    with torch.no_grad():
+        pred = m(data.tensors[0], data.tensors[1], data.tensors[3])
+    mse, mae = mse_mae(pred, data.tensors[2])
+    assert out["test/mse"] == pytest.approx(mse, rel=1e-5) and out["test/mae"] == pytest.approx(mae, rel=1e-5)
