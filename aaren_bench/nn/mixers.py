@@ -120,7 +120,7 @@ class CausalSelfAttention(_Projections):
     def forward(self, x: Tensor, mask: Tensor | None = None, return_state: bool = False):
         B, N, _ = x.shape
         q, k, v = (self.heads(p(x)) for p in (self.q_proj, self.k_proj, self.v_proj))
-        if mask is None:
+        if mask is None or bool(mask.all()):  # no padding: the fused causal path
             o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
             valid = mask.bool()
