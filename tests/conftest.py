@@ -30,9 +30,3 @@ def runs_dir(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("AAREN_RUNS", str(d))
     return d
 
-
-def has_cuda() -> bool:
-    return torch.cuda.is_available()
-
-
-requires_cuda = pytest.mark.skipif(not has_cuda(), reason="needs a CUDA GPU")
