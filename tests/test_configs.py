@@ -54,8 +54,14 @@ def test_config_resolves(task, name):
 
 
 @pytest.mark.parametrize("task,name", CONFIGS, ids=[f"{t}-{n}" for t, n in CONFIGS])
-def test_smoke_fast_dev_run(task, name, runs_dir, shared_data, monkeypatch):
-    monkeypatch.setenv("AAREN_DATA", str(shared_data))
+def test_smoke_fast_dev_run(task, name, runs_dir, shared_data, tmp_path, monkeypatch):
+    # a writable data root that sees the shared (read-only) datasets: data a task makes
+    # itself (the collected RL dataset) lands in the temporary folder
+    root = tmp_path / "data"
+    root.mkdir()
+    for entry in shared_data.iterdir():
+        (root / entry.name).symlink_to(entry.resolve())
+    monkeypatch.setenv("AAREN_DATA", str(root))
     monkeypatch.setattr("urllib.request.urlopen", _offline)
     cfg = compose_cell(task, name, "trainer=debug", "trainer.enable_progress_bar=false")
     try:
