@@ -50,6 +50,17 @@ class PickleNotTrusted(EventDataError):
     """A file needs unpickling and the caller did not say it trusts it."""
 
 
+def _load_npz(path, trust_pickle: bool, what: str) -> dict:
+    """Every array of an ``.npz``; object arrays (pickles) only when the user trusts the file."""
+    try:
+        with np.load(path, allow_pickle=trust_pickle) as z:
+            return {k: z[k] for k in z.files}
+    except ValueError as e:
+        if "allow_pickle" in str(e):
+            raise _pickle_refusal(path, what) from e
+        raise
+
+
 def _pickle_refusal(path, what: str) -> PickleNotTrusted:
     return PickleNotTrusted(
         f"{path} {what}, which can only be read by unpickling, and unpickling a file can run arbitrary code. "
@@ -68,13 +79,7 @@ def load_meta_tpp_npz(
     """Read a Meta TPP ``.npz`` (see the module docstring). Marks come back 0-based."""
     if time_format not in ("inter", "absolute"):
         raise ValueError(f"time_format must be 'inter' or 'absolute', got {time_format!r}")
-    try:
-        with np.load(path, allow_pickle=trust_pickle) as z:
-            d = {k: z[k] for k in z.files}
-    except ValueError as e:
-        if "allow_pickle" in str(e):
-            raise _pickle_refusal(path, "stores object arrays") from e
-        raise
+    d = _load_npz(path, trust_pickle, "stores object arrays")
     if "times" not in d:
         raise EventDataError(f"{path}: no 'times' array (found {sorted(d)}); a Meta TPP file has times, marks, masks")
     times = np.asarray(d["times"], dtype=np.float64)
@@ -211,13 +216,7 @@ def load_ifl_npz(path, trust_pickle: bool = False, num_marks: int | None = None,
     whole file (the end of data collection); "last": each sequence until its own last event;
     or a number. The window starts at 0 for every sequence.
     """
-    try:
-        with np.load(path, allow_pickle=trust_pickle) as z:
-            d = {k: z[k] for k in z.files}
-    except ValueError as e:
-        if "allow_pickle" in str(e):
-            raise _pickle_refusal(path, "stores its sequences as object arrays") from e
-        raise
+    d = _load_npz(path, trust_pickle, "stores its sequences as object arrays")
     if trust_pickle:
         log.warning("unpickled object arrays of %s (trusted by trust_pickle=True)", path)
     if "arrival_times" not in d:
