@@ -1,4 +1,4 @@
-"""The 8 event-forecasting datasets (sources: docs/protocol/events.md, ../shared/docs/DATASETS.md).
+"""The 8 event-forecasting datasets (sources: docs/protocol/events.md).
 
 Meta TPP's six real files and its ``sin.npz`` come in one Google Drive archive, which
 cannot be downloaded by a plain HTTP client: place the unpacked files under

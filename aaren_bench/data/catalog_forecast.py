@@ -2,7 +2,7 @@
 
 ETT files come from the ETDataset repository; Weather, Exchange, Traffic and ECL from the
 Time-Series-Library data bundle on the Hugging Face hub (``thuml/Time-Series-Library``).
-Checksums are pinned where a verified copy was examined (docs: ../shared/docs/DATASETS.md);
+Checksums are pinned where a verified copy was examined (docs/protocol/forecast.md);
 Traffic and ECL are not pinned yet.
 """
 from aaren_bench.data.registry import DatasetSpec, RemoteFile, register
