@@ -50,3 +50,19 @@ def test_failed_download_leaves_the_data_root_untouched(tmp_path):
     with pytest.raises(DatasetNotFound):
         fetch(spec_for((tmp_path / "nowhere.csv").as_uri(), path="deep/er/file.csv"), root)
     assert not root.exists()
+
+
+def test_cli_fetch_and_list(tmp_path, monkeypatch, capsys):
+    import urllib.error
+
+    from aaren_bench.cli import main
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("offline")
+
+    monkeypatch.setattr("urllib.request.urlopen", offline)
+    assert main(["fetch", "Heartbeat", "--data-root", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "Heartbeat/Heartbeat_TRAIN.ts" in out and "timeseriesclassification.com" in out
+    assert main(["datasets", "--task", "classify", "--data-root", str(tmp_path)]) == 0
+    assert "JapaneseVowels           present (inside sktime)" in capsys.readouterr().out

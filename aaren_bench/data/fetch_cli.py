@@ -42,6 +42,10 @@ def run_datasets(args) -> int:
             state = "present"
         except DatasetNotFound:
             state = "missing"
+            if spec.task == "classify":
+                from aaren_bench.data.catalog_classify import sktime_bundled
+
+                state = "present (inside sktime)" if sktime_bundled(spec.name) else state
         except ChecksumError:
             state = "CHECKSUM MISMATCH"
         print(f"{spec.task:9s} {spec.name:24s} {state}")
