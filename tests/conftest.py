@@ -30,3 +30,11 @@ def runs_dir(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("AAREN_RUNS", str(d))
     return d
 
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for tests of tiny models (two threads mostly wait for each other)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

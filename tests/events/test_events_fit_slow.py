@@ -20,21 +20,12 @@ from tasks.events.data import collate
 from tasks.events.likelihood import metric_sums, sequence_scores
 from tasks.events.model import EventModel
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 T_END = 60.0
 # the extension that also feeds log(1 + gap / s): with the absolute-time encoding alone the fit
 # stays about 7% above the true Hawkes NLL in this budget (docs/benchmarks/events.md)
 ENCODING = "absolute+log_dt"
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads mostly wait for each other."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _nll(model, seqs, bs=64) -> float:
