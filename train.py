@@ -1,18 +1,20 @@
-"""Train one cell of the matrix: `python train.py task=classify model=aaren dataset=JapaneseVowels`."""
+"""Train one cell: `python train.py dataset=JapaneseVowels model=aaren` (or `task=rl model=aaren`)."""
+import sys
+
 import hydra
 from omegaconf import DictConfig
+
+from aaren_bench.study import normalize_argv
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    from aaren_bench.run import train
+    """Returns the task's primary test metric (what a Hydra sweeper optimises), None when skipped."""
+    from aaren_bench.run import main_entry
 
-    record = train(cfg)
-    monitor = cfg.task.get("monitor")
-    if not record or not monitor:
-        return None
-    return record["metrics"].get(monitor.replace("val/", "test/"))
+    return main_entry(cfg)
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = normalize_argv(sys.argv[1:])
     main()

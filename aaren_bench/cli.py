@@ -13,7 +13,7 @@ import sys
 COMMANDS = {
     "fetch": ("aaren_bench.data.fetch_cli", "download and verify datasets into the data root"),
     "datasets": ("aaren_bench.data.fetch_cli", "list the registry: every dataset, its task and whether it is present"),
-    "plan": ("aaren_bench.matrix", "plan the paper's matrix: jobs, what is done, compute estimate"),
+    "plan": ("aaren_bench.plan", "plan the paper's matrix: jobs, what is done, compute estimate"),
     "tables": ("aaren_bench.tables", "rebuild the paper's tables from the result records"),
     "bench": ("aaren_bench.bench.suite", "run the efficiency suite (CSV, PNG plots, summary)"),
     "collect": ("tasks.rl.collect", "write a D4RL-layout HDF5 dataset from gymnasium rollouts"),

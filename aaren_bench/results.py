@@ -1,8 +1,9 @@
 """Result records: one JSON file per run, written atomically, keyed by its cell.
 
-A *cell* is ``<task>/<dataset>/<model>/seed<seed>`` (forecasting adds the horizon to the
-dataset part, e.g. ``ETTh1-H192``). The record of a finished run lives at
-``<runs>/<cell>/result.json``; a run whose record exists is done, anything else is not.
+A *cell* is ``<task>/<dataset><variant>/<protocol>[+<tag>]/<model>/seed<seed>``
+(``aaren_bench.study.Cell`` builds and parses it). The record of a finished run lives at
+``<runs>/<cell>/result.json``; a run whose record exists is done. A run that ended without a
+usable result (non-finite loss or metrics) leaves ``failed.json`` instead: not done, rerun.
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 RESULT_FILE = "result.json"
-SCHEMA_VERSION = 1
+FAILED_FILE = "failed.json"
+SCHEMA_VERSION = 2  # 2: protocol, tag, horizon, overrides, primary_metric (1: none of these; read as protocol suite)
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> Path:
@@ -55,10 +57,26 @@ def load_record(path: str | Path) -> dict | None:
     return rec if isinstance(rec, dict) and needed <= rec.keys() else None
 
 
+def is_failed(run_dir: str | Path) -> bool:
+    return (Path(run_dir) / FAILED_FILE).exists() and not is_done(run_dir)
+
+
+def load_failure(run_dir: str | Path) -> dict | None:
+    try:
+        return json.loads((Path(run_dir) / FAILED_FILE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
 def iter_records(runs_root: str | Path):
-    """Every valid record below ``runs_root`` (partial or foreign files are skipped)."""
+    """Every valid record below ``runs_root`` (partial or foreign files are skipped), with its
+    ``cell`` read back by :class:`aaren_bench.study.Cell` (old records included) and ``path``."""
+    from aaren_bench.study import Cell
+
     for p in sorted(Path(runs_root).rglob(RESULT_FILE)):
         rec = load_record(p)
-        if rec is not None:
-            rec.setdefault("path", str(p))
-            yield rec
+        if rec is None:
+            continue
+        rec.setdefault("path", str(p))
+        rec["_cell"] = Cell.from_record(rec)
+        yield rec

@@ -1,47 +1,59 @@
-"""One run: config -> task (datamodule + module) -> fit -> test -> one result record.
+"""One run: config -> task (datamodule + module around a built backbone) -> fit -> test -> one record.
 
-``train(cfg)`` is what ``train.py`` calls for every Hydra job. The run folder is
-deterministic (``<runs>/<cell>``): checkpoints, logs and the record all live there, so a
-resubmitted job resumes from ``checkpoints/last.ckpt`` and a finished one is skipped.
+``train(cfg)`` is what ``train.py`` calls for every Hydra job. The run folder is the cell's
+key (``aaren_bench.study.Cell``) under the runs root: checkpoints, logs, the saved config
+and the record live there, so a resubmitted job resumes from ``checkpoints/last.ckpt`` and
+a finished one is skipped. A run whose loss or test metrics are not finite is a failure:
+``failed.json`` says why, the job exits non-zero and a rerun runs the cell again.
 """
 from __future__ import annotations
 
 import fcntl
-import importlib
 import logging
+import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from aaren_bench.errors import CellBusy, CheckpointMismatch, ConfigError, RunFailed, SuiteError
 from aaren_bench.logging import finish_logger, make_logger
-from aaren_bench.results import is_done, load_record, result_path, write_json_atomic
+from aaren_bench.results import (
+    FAILED_FILE,
+    SCHEMA_VERSION,
+    is_done,
+    load_record,
+    result_path,
+    write_json_atomic,
+)
+from aaren_bench.study import Cell, job_overrides, measuring_overrides
+from aaren_bench.task import Task, load_task, optimizer_factory, parameter_split
 
 log = logging.getLogger("aaren_bench")
 
-TASKS = ("classify", "forecast", "events", "rl")
-
-
-def load_task(name: str):
-    """The task package ``tasks.<name>``; it exposes ``build(cfg) -> (datamodule, module)``."""
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; choose one of: {', '.join(TASKS)} (e.g. task=classify)")
-    return importlib.import_module(f"tasks.{name}")
-
 
 def check_config(cfg: DictConfig) -> None:
-    if cfg.dataset.task != cfg.task.name:
-        raise ValueError(
-            f"dataset {cfg.dataset.name!r} belongs to task={cfg.dataset.task}, but task={cfg.task.name} was chosen; "
-            f"run with task={cfg.dataset.task} dataset={cfg.dataset.name}"
+    """The dataset's task (from the catalog) must be the task chosen."""
+    from aaren_bench.data import get
+
+    try:
+        owner = get(cfg.dataset.name).task
+    except KeyError as e:
+        raise ConfigError(str(e.args[0])) from None
+    if owner != cfg.task.name:
+        raise ConfigError(
+            f"dataset {cfg.dataset.name!r} belongs to task={owner}, but task={cfg.task.name} was chosen; "
+            f"a dataset selects its task: run with dataset={cfg.dataset.name} (and no task=, or task={owner})"
         )
 
 
@@ -58,8 +70,7 @@ def versions() -> dict:
 
 def _quiet_duplicate_logs() -> None:
     """Lightning prints through its own handler and again through Hydra's root handler: keep one."""
-    root_handlers = logging.getLogger().handlers
-    if root_handlers:
+    if logging.getLogger().handlers:
         for name in ("lightning.pytorch", "lightning.fabric"):
             lg = logging.getLogger(name)
             for h in list(lg.handlers):
@@ -100,109 +111,267 @@ def usable_checkpoint(path: Path) -> bool:
         return False
 
 
-def make_callbacks(cfg: DictConfig, run_dir: Path) -> list:
+def check_checkpoint_shapes(path: Path, module: torch.nn.Module) -> None:
+    """A checkpoint of a model of another shape: say what differs and how to start over."""
+    state = torch.load(path, map_location="cpu", weights_only=False, mmap=True).get("state_dict", {})
+    own = module.state_dict()
+    diff = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+            for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    if diff or missing or extra:
+        lines = diff[:5] + [f"missing in the checkpoint: {', '.join(missing[:5])}"] * bool(missing)
+        lines += [f"not in the model: {', '.join(extra[:5])}"] * bool(extra)
+        raise CheckpointMismatch(
+            f"{path} belongs to a model of another shape than this run's:\n  " + "\n  ".join(lines)
+            + f"\nThe configuration of this cell changed since it was started. To start it over, delete "
+              f"{path.parent} (or the whole cell folder {path.parents[1]}); to keep it, rerun with the old settings."
+        )
+
+
+class FiniteLoss(L.Callback):
+    """Stop at the first non-finite training loss, naming the step."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if loss is not None and not torch.isfinite(loss.detach()).all():
+            raise RunFailed(
+                f"training loss is {loss.detach().float().item()} at step {trainer.global_step} (epoch "
+                f"{trainer.current_epoch}, batch {batch_idx}); the run diverged. Lower task.optimizer.lr, "
+                f"check the data for extreme values, or clip gradients (task.grad_clip)."
+            )
+
+
+def make_callbacks(cfg: DictConfig, run_dir: Path, task: Task) -> list:
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
-    monitor = cfg.task.get("monitor")  # null: no model selection, the last weights are tested
+    sel = task.selection(cfg)  # None: no model selection, the last weights are tested
     cbs = [
+        FiniteLoss(),
         ModelCheckpoint(
             dirpath=str(run_dir / "checkpoints"),
-            filename="best" if monitor else "last",
-            monitor=monitor,
-            mode=cfg.task.get("monitor_mode", "min"),
-            save_top_k=1 if monitor else 0,
+            filename="best" if sel else "last",
+            monitor=sel.metric if sel else None,
+            mode=sel.mode if sel else "min",
+            save_top_k=1 if sel else 0,
             save_last=True,
             enable_version_counter=False,
-        )
+        ),
     ]
     every = cfg.get("checkpoint_every_min")
     if every:  # last.ckpt also every N minutes of training, so a kill loses at most N minutes
         cbs.append(ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), monitor=None, save_top_k=0, save_last=True,
                                    train_time_interval=timedelta(minutes=float(every)), enable_version_counter=False))
-    if cfg.task.get("patience") and monitor:
-        cbs.append(EarlyStopping(monitor=cfg.task.monitor, mode=cfg.task.monitor_mode, patience=cfg.task.patience))
+    if cfg.task.get("patience") and sel:
+        cbs.append(EarlyStopping(monitor=sel.metric, mode=sel.mode, patience=cfg.task.patience))
     return cbs
 
 
-def train(cfg: DictConfig) -> dict:
+class Built(NamedTuple):
+    task: Task
+    datamodule: Any
+    module: L.LightningModule
+    backbone: torch.nn.Module
+
+
+def build(cfg: DictConfig) -> Built:
+    """(task, datamodule, module, backbone) of a cell: the task contract, nothing else."""
+    from aaren_bench.nn import build_backbone
+
+    task = load_task(cfg.task.name)
+    datamodule = task.build_datamodule(cfg)
+    backbone = build_backbone(cfg.model)
+    module = task.build_module(cfg, datamodule, backbone, optimizer_factory(cfg.task.optimizer))
+    return Built(task, datamodule, module, backbone)
+
+
+def _identity(cfg: DictConfig) -> tuple[Cell, list[str]]:
+    overrides = job_overrides()
+    return Cell.from_cfg(cfg, overrides), overrides
+
+
+def train(cfg: DictConfig) -> dict | None:
     """Run one cell and return its record (or the existing record when it is done)."""
     check_config(cfg)
     _quiet_duplicate_logs()
+    cell, overrides = _identity(cfg)
+    if cell.key != cfg.cell:
+        raise ConfigError(f"cell={cfg.cell!r} was set by hand; the key is built from the run ({cell.key})")
     run_dir = Path(cfg.run_dir).resolve()
+    if cell.tag:
+        log.info("this run changes what is measured (%s): it is cell %s, not a paper cell",
+                 ", ".join(measuring_overrides(overrides)) or f"tag={cell.tag}", cell.key)
     if cfg.skip_done and is_done(run_dir):
+        return _skip(run_dir, overrides)
+    created = not run_dir.exists() or all(p.name == "train.log" for p in run_dir.iterdir())
+    if cfg.trainer.get("fast_dev_run"):  # a smoke run: no checkpoint, no record, no cell folder left behind
+        try:
+            return _run(cfg, cell, overrides, run_dir, debug=True)
+        finally:
+            if created:
+                _remove_if_empty(run_dir)
+    try:
+        with cell_lock(run_dir) as held:
+            if not held:
+                raise CellBusy(f"cell {cell.key} is running in another process (lock {run_dir / '.lock'} is held: "
+                               f"{(run_dir / '.lock').read_text().strip()}); not starting it twice")
+            if cfg.skip_done and is_done(run_dir):  # finished while this job waited in the queue
+                return _skip(run_dir, overrides)
+            return _run(cfg, cell, overrides, run_dir, debug=False)
+    except BaseException:
+        if created:
+            _remove_if_empty(run_dir)
+        raise
+
+
+def _skip(run_dir: Path, overrides: list[str]) -> dict:
+    rec = load_record(result_path(run_dir))
+    before = set(rec.get("overrides") or [])
+    now = set(overrides)
+    if rec.get("overrides") is not None and before != now:
+        log.warning("cell %s is done with other overrides than this run's: it was run with [%s], this run asks for "
+                    "[%s] (none of which changes what is measured). Skipping; pass skip_done=false to run it again.",
+                    rec.get("cell"), " ".join(sorted(before)), " ".join(sorted(now)))
+    else:
         log.info("already done, skipping: %s (delete it or pass skip_done=false to rerun)", result_path(run_dir))
-        return load_record(result_path(run_dir))
-
-    if cfg.trainer.get("fast_dev_run"):
-        return _run(cfg, run_dir, debug=True)
-    with cell_lock(run_dir) as held:
-        if not held:
-            log.warning("cell %s is running in another process (lock %s is held): not starting it twice",
-                        cfg.cell, run_dir / ".lock")
-            return None
-        if cfg.skip_done and is_done(run_dir):  # finished while this job waited in the queue
-            return load_record(result_path(run_dir))
-        return _run(cfg, run_dir, debug=False)
+    return rec
 
 
-def _run(cfg: DictConfig, run_dir: Path, debug: bool) -> dict:
+def _remove_if_empty(run_dir: Path, levels: int = 4) -> None:
+    """A start that failed before training wrote anything leaves no cell folder behind (nor the
+    empty folders of its key above it)."""
+    keep = {".lock", "train.log"}
+    if run_dir.is_dir() and all(p.name in keep for p in run_dir.iterdir()):
+        shutil.rmtree(run_dir, ignore_errors=True)
+        for parent in list(run_dir.parents)[:levels]:
+            try:
+                parent.rmdir()  # only when empty
+            except OSError:
+                break
+
+
+def _save_config(cfg: DictConfig, overrides: list[str], run_dir: Path) -> None:
+    """``.hydra/config.yaml``, ``overrides.yaml`` and (in a Hydra job) ``hydra.yaml``, written when
+    the run really starts (``hydra.output_subdir`` is off, so a skipped rerun rewrites nothing)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    d = run_dir / ".hydra"
+    d.mkdir(parents=True, exist_ok=True)
+    texts = {"config.yaml": OmegaConf.to_yaml(cfg), "overrides.yaml": OmegaConf.to_yaml(OmegaConf.create(list(overrides)))}
+    if HydraConfig.initialized():  # the job's Hydra node as it is (launcher, job id), unresolved
+        node = OmegaConf.to_container(HydraConfig.get(), resolve=False)
+        texts["hydra.yaml"] = OmegaConf.to_yaml(OmegaConf.create({"hydra": node}))
+    for name, text in texts.items():
+        tmp = d / f".{name}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, d / name)
+
+
+def _run(cfg: DictConfig, cell: Cell, overrides: list[str], run_dir: Path, debug: bool) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.get("matmul_precision", "high"))
-    task = load_task(cfg.task.name)
-    datamodule, module = task.build(cfg)
-    n_params = sum(p.numel() for p in module.parameters())
-    backbone_params = sum(p.numel() for p in module.backbone.parameters())
+    task, datamodule, module, backbone = build(cfg)
+    params = parameter_split(module, backbone)
+    log.info("parameters: %s", ", ".join(f"{k} {v:,}" for k, v in params.items()))
 
+    if not debug:
+        _save_config(cfg, overrides, run_dir)
+        (run_dir / FAILED_FILE).unlink(missing_ok=True)
     logger = False if debug else make_logger(cfg, run_dir)
     trainer = L.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
         logger=logger,
-        callbacks=[] if debug else make_callbacks(cfg, run_dir),  # a smoke run leaves no checkpoint
+        callbacks=[FiniteLoss()] if debug else make_callbacks(cfg, run_dir, task),  # a smoke run leaves no checkpoint
         enable_checkpointing=not debug,
         default_root_dir=str(run_dir),
     )
     last = run_dir / "checkpoints" / "last.ckpt"
     resume = str(last) if not debug and usable_checkpoint(last) else None
     if resume:
+        check_checkpoint_shapes(last, module)
         log.info("resuming from %s", resume)
 
     t0 = time.perf_counter()
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
-        fit_s = time.perf_counter() - t0
-        best = None if debug else (trainer.checkpoint_callback.best_model_path or None)
-        if not debug and not cfg.task.get("monitor"):
-            best = None  # no model selection: test the weights training ended with
-        tested = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+        try:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+            fit_s = time.perf_counter() - t0
+            sel = task.selection(cfg)
+            best = (trainer.checkpoint_callback.best_model_path or None) if (sel and not debug) else None
+            tested = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+        except RunFailed as e:
+            if not debug:
+                _mark_failed(run_dir, cell, str(e))
+            raise
         metrics = {k: float(v) for k, v in (tested[0] if tested else {}).items()}
+        primary = task.primary_metric(cfg)
         record = {
-            "schema": 1,
-            "task": cfg.task.name,
-            "dataset": cfg.dataset.name,
-            "variant": cfg.task.get("variant", ""),
-            "model": cfg.model.name,
-            "seed": int(cfg.seed),
-            "cell": cfg.cell,
+            "schema": SCHEMA_VERSION,
+            "cell": cell.key,
+            "task": cell.task,
+            "dataset": cell.dataset,
+            "variant": cell.variant,
+            "horizon": cell.horizon,
+            "protocol": cell.protocol,
+            "tag": cell.tag,
+            "model": cell.model,
+            "seed": cell.seed,
             "metrics": metrics,
+            "primary_metric": primary,
+            "selection": None if task.selection(cfg) is None else vars(task.selection(cfg)),
+            "overrides": sorted(overrides),
+            "measuring_overrides": measuring_overrides(overrides),
             "epochs": int(trainer.current_epoch),
             "global_steps": int(trainer.global_step),
             "best_checkpoint": best,
-            "params": {"total": n_params, "backbone": backbone_params},
+            "params": params,
             "wall_time_s": {"fit": fit_s, "total": time.perf_counter() - t0},
             "device": str(trainer.strategy.root_device),
+            "precision": str(cfg.trainer.get("precision")),
             "versions": versions(),
             "config": OmegaConf.to_container(cfg, resolve=True),
             "command": " ".join(sys.argv),
         }
+        bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+        if primary not in metrics:
+            bad[primary] = "not logged"
+        if bad:
+            msg = (f"test metrics are not finite or missing: {bad}; the run is not a result. "
+                   f"Check the training curve in {run_dir / 'logs'}, lower the learning rate or fix the data.")
+            if not debug:
+                _mark_failed(run_dir, cell, msg, record)
+            raise RunFailed(msg)
         if debug:
-            print(f"\n[{cfg.cell}] smoke run (fast_dev_run) ok: {_summary(metrics)}; no record written")
+            print(f"\n[{cell.key}] smoke run (fast_dev_run) ok: {_summary(metrics)}; no record written")
             return record
         path = write_json_atomic(result_path(run_dir), record)
     finally:
         finish_logger(logger)
-    print(f"\n[{cfg.cell}] test: {_summary(metrics)}\nresult written to {path}")
+    print(f"\n[{cell.key}] test: {_summary(metrics)}\nresult written to {path}")
     return record
+
+
+def _mark_failed(run_dir: Path, cell: Cell, reason: str, record: dict | None = None) -> None:
+    """``failed.json``: the cell is not done; ``aaren-bench plan`` shows it as failed, a rerun runs it again."""
+    write_json_atomic(run_dir / FAILED_FILE, {"cell": cell.key, "reason": reason, "time": time.time(),
+                                              "record": record})
 
 
 def _summary(metrics: dict) -> str:
     return ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())) or "no metrics"
+
+
+def main_entry(cfg: DictConfig) -> float | None:
+    """``train.py``'s body: run the cell, print a suite error as its message (no traceback) and exit
+    non-zero; return the primary test metric for a Hydra sweeper."""
+    try:
+        record = train(cfg)
+    except SuiteError as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1" or os.environ.get("AAREN_DEBUG") == "1":
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        print("(set HYDRA_FULL_ERROR=1 for the traceback)", file=sys.stderr)
+        sys.exit(e.exit_code)
+    if not record:
+        return None
+    return record["metrics"].get(record.get("primary_metric") or "")

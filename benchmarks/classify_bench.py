@@ -14,20 +14,19 @@ import tempfile
 import time
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
 
 from aaren_bench.run import train
+from aaren_bench.study import compose_config
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
 
 def run_one(dataset: str, protocol: str, model: str, seed: int, runs: Path, extra: list[str]) -> dict:
-    over = [f"task=classify", f"dataset={dataset}", f"model={model}", f"seed={seed}", f"paths.runs={runs}",
+    over = ["task=classify", f"dataset={dataset}", f"model={model}", f"seed={seed}", f"paths.runs={runs}",
             "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", *extra]
     if protocol == "tslib":
         over.append("+protocol=tslib")
-    with initialize_config_dir(version_base="1.3", config_dir=CONF):
-        cfg = compose("config", overrides=over)
+    cfg = compose_config(over)
     t0 = time.perf_counter()
     rec = train(cfg)
     epochs = max(1, rec["epochs"])  # epochs completed

@@ -13,17 +13,17 @@ within one run, on one machine.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
 
 import lightning as L
 import torch
-from hydra import compose, initialize_config_dir
 
 from aaren_bench.results import write_json_atomic
-from tasks.events import build, synthetic
+from aaren_bench.study import compose_config
+from aaren_bench.run import build
+from tasks.events import synthetic
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
@@ -44,10 +44,9 @@ def run_one(dataset: str, model: str, epochs: int, lr: float | None, seed: int, 
     overrides = ["task=events", f"dataset={dataset}", f"model={model}", "logger=none", f"seed={seed}", *extra]
     if lr is not None:
         overrides.append(f"task.optimizer.lr={lr}")
-    with initialize_config_dir(config_dir=CONF, version_base=None):
-        cfg = compose("config", overrides=overrides)
+    cfg = compose_config(overrides)
     L.seed_everything(seed, workers=True)
-    dm, module = build(cfg)
+    _, dm, module, _ = build(cfg)
     timer = EpochTimer()
     trainer = L.Trainer(
         accelerator="cpu", devices=1, max_epochs=epochs, logger=False, enable_checkpointing=False,

@@ -21,7 +21,6 @@ Set AAREN_DATA to the data folder. Threads: ``--threads`` (default 2; use 1 on a
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -79,14 +78,14 @@ def count_gflop(module, batch) -> float:
 
 
 def speed(args) -> dict:
-    from tasks.forecast import build
+    from aaren_bench.run import build
 
     out = {}
     for model in args.models:
         cfg = compose(["task=forecast", "dataset=ETTh1", f"model={'transformer' if model == 'anchor-shaped' else model}",
                        "task.pred_len=192", "logger=none"])
         torch.manual_seed(0)
-        dm, module = build(cfg)
+        _, dm, module, _ = build(cfg)
         if model == "anchor-shaped":
             module = AnchorShapedTransformer()
         dm.setup("fit")
@@ -155,7 +154,7 @@ def evaluate(args) -> dict:
     """Test the best checkpoint so far of profile runs that have not finished (or re-test finished ones)."""
     import lightning as L
 
-    from tasks.forecast import build
+    from aaren_bench.run import build
 
     out = {}
     for ds in args.datasets:
@@ -167,7 +166,7 @@ def evaluate(args) -> dict:
                 print(f"[evaluate] {ds} {model}: no checkpoint at {ckpt}", flush=True)
                 continue
             state = torch.load(ckpt, map_location="cpu", weights_only=False)
-            dm, module = build(cfg)
+            _, dm, module, _ = build(cfg)
             trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")
             m = trainer.test(module, datamodule=dm, ckpt_path=str(ckpt), verbose=False)[0]
             best = next((v for k, v in state.get("callbacks", {}).items() if k.startswith("ModelCheckpoint")), {})

@@ -15,7 +15,6 @@ Timings on a shared machine are noisy: compare the two backbones within one run.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -28,7 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from aaren_bench.nn import state_nbytes  # noqa: E402
-from tasks.rl import build  # noqa: E402
+from aaren_bench.study import compose_config
+from aaren_bench.run import build  # noqa: E402
 from tasks.rl.acting import run_episodes  # noqa: E402
 from tasks.rl.collect import collect  # noqa: E402
 from tasks.rl.d4rl import normalized_score  # noqa: E402
@@ -37,20 +37,15 @@ from tasks.rl.module import masked_mse  # noqa: E402
 
 
 def compose(kind: str, data: Path, seed: int, overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
-        return hydra_compose("config", overrides=["task=rl", "dataset=halfcheetah-collected", f"model={kind}",
-                                                  f"dataset.file={data}", f"seed={seed}", *overrides])
+    return compose_config(["dataset=halfcheetah-collected", f"model={kind}", f"dataset.file={data}", f"seed={seed}",
+                           *overrides])
 
 
-def train_steps(module, dm, steps: int) -> tuple[float, float]:
+def train_steps(module, dm, steps: int, grad_clip: float) -> tuple[float, float]:
     """Train ``steps`` steps as the task does (AdamW, warm-up, clip).
 
     Returns steps per second of wall time and of process CPU time, after 5 warm-up steps.
     """
-    cfg = module.cfg
     conf = module.configure_optimizers()
     opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
     module.train()
@@ -67,7 +62,7 @@ def train_steps(module, dm, steps: int) -> tuple[float, float]:
         loss = masked_mse(pred, b["actions"], b["mask"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.task.grad_clip)
+        torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
         opt.step()
         sched.step()
     return steps / (time.perf_counter() - t0), steps / max(time.process_time() - c0, 1e-9)
@@ -136,7 +131,7 @@ def main(argv=None) -> int:
         torch.manual_seed(args.seed)
         np.random.seed(args.seed)
         cfg = compose(kind, data, args.seed, args.overrides)
-        dm, module = build(cfg)
+        _, dm, module, _ = build(cfg)
         r = {"params": sum(p.numel() for p in module.parameters())}
         if args.cost_only:  # acting cost does not depend on the weights: untrained model
             module.eval()
@@ -145,7 +140,7 @@ def main(argv=None) -> int:
             print(f"{kind:12s} params {r['params']:,} (untrained, acting cost only)", flush=True)
             print_cost(r)
             continue
-        r["train_steps_per_s"], r["train_steps_per_cpu_s"] = train_steps(module, dm, args.steps)
+        r["train_steps_per_s"], r["train_steps_per_cpu_s"] = train_steps(module, dm, args.steps, float(cfg.task.grad_clip))
         module.eval()
         envs = [make_env("halfcheetah", 17, 6, args.ep_len) for _ in range(args.episodes)]
         seeds = [int(cfg.task.eval_seed) + 1000 * args.seed + i for i in range(args.episodes)]

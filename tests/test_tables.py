@@ -9,12 +9,14 @@ import pytest
 from aaren_bench import tables as T
 from aaren_bench.cli import main
 from aaren_bench.results import write_json_atomic
+from aaren_bench.study import Cell
 
 
-def write_record(runs, task, dataset, model, seed, metrics, variant=""):
-    cell = f"{task}/{dataset}{variant}/{model}/seed{seed}"
-    rec = {"task": task, "dataset": dataset, "variant": variant, "model": model, "seed": seed,
-           "metrics": metrics, "cell": cell, "wall_time_s": {"total": 60.0}, "device": "cpu"}
+def write_record(runs, task, dataset, model, seed, metrics, variant="", protocol="suite", tag=None):
+    horizon = int(variant[2:]) if variant else None
+    cell = Cell(task, dataset, model, seed, protocol, horizon, tag).key
+    rec = {"task": task, "dataset": dataset, "variant": variant, "model": model, "seed": seed, "protocol": protocol,
+           "tag": tag, "metrics": metrics, "cell": cell, "wall_time_s": {"total": 60.0}, "device": "cpu"}
     write_json_atomic(runs / cell / "result.json", rec)
 
 
@@ -43,17 +45,21 @@ def test_verdict_rule(a, t, higher, want):
     assert T.verdict(T.summarize(a), T.summarize(t), higher) == want
 
 
-def test_verdict_missing():
+def test_verdict_missing_and_too_few_seeds():
     s = T.summarize([1.0])
     assert T.verdict(None, None, True) == "missing"
     assert T.verdict(s, None, True) == "missing Transformer"
     assert T.verdict(None, s, True) == "missing Aaren"
+    two = T.summarize([1.0, 1.1])
+    assert T.verdict(s, two, True) == "n<2" and T.verdict(two, s, True) == "n<2"
+    assert T.verdict(T.summarize([5.0, 5.1]), two, True, "Mamba2") == "Mamba2 better"
 
 
 def test_references_only_checked_numbers():
     refs = T.load_references()
     assert refs["rl"]["halfcheetah-medium"]["value"] == 42.6 and refs["rl"]["halfcheetah-medium"]["std"] == 0.1
     assert refs["rl"]["hopper-medium"]["value"] == 67.6 and refs["rl"]["hopper-medium"]["std"] == 1.0
+    assert {r["protocol"] for r in refs["rl"].values()} == {"dt"}, "the DT paper's numbers follow kzl DT's protocol"
     n = sum(len(v or {}) for v in refs.values())
     assert n == 2, "only the two numbers PROTOCOL.md lists as checked may be printed"
 
@@ -78,18 +84,30 @@ def test_tables_from_records(tmp_path, capsys):
                                                                       "test/mae": 0.5}, variant="-H192")
         write_record(runs, "forecast", "ETTh1", "aaren", seed, {"test/mse": 9.0, "test/mae": 9.0}, variant="-H720")
     write_record(runs, "rl", "hopper-medium", "aaren", 0, {"test/normalized_score": 60.0})
-    (runs / "classify" / "Heartbeat" / "aaren" / "seed0").mkdir(parents=True)
-    (runs / "classify" / "Heartbeat" / "aaren" / "seed0" / "result.json").write_text('{"task": "classify"')  # partial
+    write_record(runs, "rl", "hopper-medium", "aaren", 0, {"test/normalized_score": 61.0}, protocol="dt")
+    write_record(runs, "classify", "JapaneseVowels", "aaren", 0, {"test/acc": 0.1}, tag="xdeadbeef")  # not a result
+    write_record(runs, "classify", "JapaneseVowels", "mamba2", 0, {"test/acc": 0.5})
+    (runs / "classify" / "Heartbeat" / "suite" / "aaren" / "seed0").mkdir(parents=True)
+    (runs / "classify" / "Heartbeat" / "suite" / "aaren" / "seed0" / "result.json").write_text('{"task": "cla')
+    # a record written before the protocol was in the key: read as the protocol it ran under
+    old = {"task": "classify", "dataset": "Handwriting", "variant": "", "model": "transformer", "seed": 0,
+           "metrics": {"test/acc": 0.4}, "config": {"task": {"protocol": "tslib"}}}
+    write_json_atomic(runs / "classify" / "Handwriting" / "transformer" / "seed0" / "result.json", old)
 
     out = tmp_path / "tables"
     assert main(["tables", "--runs", str(runs), "--out", str(out), "--seeds", "3"]) == 0
     md4 = (out / "table4_classify.md").read_text()
     jv = next(l for l in md4.splitlines() if l.startswith("| JapaneseVowels "))
-    assert "| 93.0 ± 2.0 | 92.0 ± 2.0 |" in jv and "comparable" in jv  # transformer first, then Aaren
+    # transformer first, then Aaren, then every other backbone with records; the tagged run is left out
+    assert "| 93.0 ± 2.0 | 92.0 ± 2.0 | 50.0 ± 0.0 (n=1) |" in jv and "| comparable |" in jv
+    assert "| n<2 |" in jv, "one Mamba2 seed: no verdict"
     hw = next(l for l in md4.splitlines() if l.startswith("| Handwriting "))
-    assert "| missing | 30.0 ± 0.0 (n=1) |" in hw and "missing Transformer" in hw
-    assert "| Heartbeat | missing | missing |  | missing |" in md4  # a partial record is not a result
+    assert "| missing | 30.0 ± 0.0 (n=1) | missing |" in hw and "missing Transformer" in hw
+    assert "| Heartbeat | missing | missing | missing |  | missing |" in md4  # a partial record is not a result
     assert len([l for l in md4.splitlines() if l.startswith("| ") and "dataset" not in l]) == 10
+    assert "at least 2 seeds" in md4 and "(suite protocol)" in md4
+    md4t = (out / "table4_classify_tslib.md").read_text()
+    assert "| Handwriting | 40.0 ± 0.0 (n=1) |" in md4t, "an old tslib record lands in the tslib table"
 
     md3 = (out / "table3_forecast.md").read_text()
     row = next(l for l in md3.splitlines() if l.startswith("| ETTh1-H192 "))
@@ -98,15 +116,18 @@ def test_tables_from_records(tmp_path, capsys):
     assert "| Traffic-H192 | missing |" in md3
 
     md1 = (out / "table1_rl.md").read_text()
-    assert "| hopper-medium | missing | 60.0 ± 0.0 (n=1) | 67.6 ± 1.0 |" in md1
-    assert "| walker2d-medium | missing | missing |  |" in md1, "no reference where none was checked"
+    assert "| hopper-medium | missing | 60.0 ± 0.0 (n=1) | missing |  |" in md1, "no DT-paper number beside suite runs"
+    md1dt = (out / "table1_rl_dt.md").read_text()
+    assert "| hopper-medium | missing | 61.0 ± 0.0 (n=1) | missing | 67.6 ± 1.0 |" in md1dt
+    assert "| walker2d-medium | missing | missing | missing |  |" in md1dt, "no reference where none was checked"
 
     tex = (out / "table4_classify.tex").read_text()
     assert "\\begin{tabular}" in tex and "93.0 $\\pm$ 2.0" in tex and "\\%" in tex
     rows = list(csv.DictReader(io.StringIO((out / "table4_classify.csv").read_text())))
     jv = next(r for r in rows if r["dataset"] == "JapaneseVowels")
     assert float(jv["aaren_mean"]) == pytest.approx(0.92) and jv["aaren_n"] == "3"
-    assert jv["verdict"] == "comparable" and 0 < float(jv["welch_p"]) <= 1
+    assert jv["verdict_aaren"] == "comparable" and 0 < float(jv["welch_p_aaren"]) <= 1
+    assert jv["verdict_mamba2"] == "n<2" and jv["protocol"] == "suite"
 
     assert main(["tables", "--runs", str(runs), "--tables", "3", "--horizons", "all", "--format", "csv"]) == 0
     printed = capsys.readouterr().out

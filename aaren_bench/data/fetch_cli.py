@@ -3,7 +3,15 @@ from __future__ import annotations
 
 import argparse
 
-from aaren_bench.data.registry import ChecksumError, DatasetNotFound, all_specs, default_data_root, fetch, get
+from aaren_bench.data.registry import (
+    ChecksumError,
+    DatasetNotFound,
+    all_specs,
+    bundled_path,
+    default_data_root,
+    fetch,
+    get,
+)
 
 
 def add_fetch_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,14 +46,11 @@ def run_datasets(args) -> int:
     print(f"data root: {root}")
     for spec in sorted(all_specs(args.task), key=lambda s: (s.task, s.name)):
         try:
-            fetch(spec, root, download=False)
-            state = "present"
+            paths = fetch(spec, root, download=False)
+            inside = any(bundled_path(f) == paths.get(f.path) for f in spec.files)
+            state = "present (inside an installed package)" if inside else "present"
         except DatasetNotFound:
             state = "missing"
-            if spec.task == "classify":
-                from aaren_bench.data.catalog_classify import sktime_bundled
-
-                state = "present (inside sktime)" if sktime_bundled(spec.name) else state
         except ChecksumError:
             state = "CHECKSUM MISMATCH"
         print(f"{spec.task:9s} {spec.name:24s} {state}")

@@ -1,8 +1,14 @@
 """The dataset registry: what each dataset is, where it comes from, how to get it.
 
 Every dataset of the suite is a :class:`DatasetSpec` (its name, task, files with their
-canonical URLs and checksums). The per-task catalogues (``catalog_*.py`` in this package)
-register their specs at import; :func:`get` finds a spec by name across all of them.
+canonical URLs and checksums, the facts its task needs such as channels or classes). Each
+task's catalogue (``tasks/<task>/catalog.py``) registers its specs at import; :func:`get`
+finds a spec by name across all of them.
+
+:func:`fetch` is the one way a dataset's files are found: the data root first, then a copy
+that ships inside an installed package (a declared ``bundled`` source, e.g. sktime's
+JapaneseVowels), then the canonical download. Nothing is generated as a side effect:
+data made in a simulator comes from an explicit command (``aaren-bench collect``).
 
 Files live under a *data root*: ``$AAREN_DATA`` if set, else ``<repo>/data``, or whatever
 a config passes (``paths.data_root``). :func:`fetch` returns local paths, downloading a
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
 import os
 import pkgutil
 import shutil
@@ -23,6 +30,8 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from aaren_bench.errors import SuiteError
 
 __all__ = [
     "ChecksumError",
@@ -39,11 +48,11 @@ __all__ = [
 ]
 
 
-class DatasetNotFound(FileNotFoundError):
+class DatasetNotFound(SuiteError, FileNotFoundError):
     """A dataset file is missing locally and could not be downloaded."""
 
 
-class ChecksumError(ValueError):
+class ChecksumError(SuiteError, ValueError):
     """A file on disk does not match the checksum pinned in the registry."""
 
 
@@ -60,6 +69,7 @@ class RemoteFile:
     url: str
     sha256: str = ""
     member: str | None = None  # the file inside a zip archive
+    bundled: str | None = None  # "<package>:<path inside it>": a copy shipped with an installed package
 
 
 @dataclass(frozen=True)
@@ -86,11 +96,11 @@ def _load_catalogues() -> None:
     global _LOADED
     if _LOADED:
         return
-    import aaren_bench.data as pkg
+    import tasks
 
-    for mod in pkgutil.iter_modules(pkg.__path__):
-        if mod.name.startswith("catalog_"):
-            importlib.import_module(f"aaren_bench.data.{mod.name}")
+    for mod in pkgutil.iter_modules(tasks.__path__):
+        if mod.ispkg and importlib.util.find_spec(f"tasks.{mod.name}.catalog") is not None:
+            importlib.import_module(f"tasks.{mod.name}.catalog")
     _LOADED = True
 
 
@@ -162,6 +172,11 @@ def fetch(name_or_spec: str | DatasetSpec, data_root: str | Path | None = None, 
     out: dict[str, Path] = {}
     for f in spec.files:
         local = root / f.path
+        shipped = bundled_path(f)
+        if not local.exists() and shipped is not None:
+            verify_file(shipped, f)
+            out[f.path] = shipped
+            continue
         if not local.exists():
             if not download or not f.url:
                 raise DatasetNotFound(_missing_message(spec, f, local, "downloading is off" if f.url else spec.note))
@@ -172,6 +187,26 @@ def fetch(name_or_spec: str | DatasetSpec, data_root: str | Path | None = None, 
         verify_file(local, f)
         out[f.path] = local
     return out
+
+
+def bundled_path(f: RemoteFile) -> Path | None:
+    """The copy of ``f`` inside an installed package (``RemoteFile.bundled``), None when absent."""
+    if not f.bundled:
+        return None
+    package, _, inner = f.bundled.partition(":")
+    found = importlib.util.find_spec(package)
+    if found is None or not found.submodule_search_locations:
+        return None
+    path = Path(next(iter(found.submodule_search_locations))) / inner
+    return path if path.exists() else None
+
+
+def locate(name: str, data_root: str | Path | None = None) -> dict[str, Path] | None:
+    """Local paths of a dataset's files without downloading; None when one is missing."""
+    try:
+        return fetch(name, data_root, download=False)
+    except DatasetNotFound:
+        return None
 
 
 def _fetch_one(f: RemoteFile, local: Path) -> None:

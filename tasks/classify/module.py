@@ -16,10 +16,8 @@ from __future__ import annotations
 import lightning as L
 import torch
 import torch.nn.functional as F
-from hydra.utils import instantiate
 from torch import Tensor, nn
 
-from aaren_bench.nn import build_backbone
 from aaren_bench.nn.embed import sinusoidal
 
 READOUTS = ("flatten", "last", "mean")
@@ -27,14 +25,14 @@ EMBEDS = ("causal_conv", "linear")
 
 
 class Classifier(L.LightningModule):
-    def __init__(self, model_cfg, optimizer_cfg, n_channels: int, n_classes: int, max_len: int, readout: str = "flatten",
-                 embed: str = "causal_conv"):
+    def __init__(self, backbone: nn.Module, optimizer, n_channels: int, n_classes: int, max_len: int,
+                 readout: str = "flatten", embed: str = "causal_conv", dropout: float = 0.1):
         super().__init__()
         if readout not in READOUTS:
             raise ValueError(f"task.readout must be one of {READOUTS}, got {readout!r}")
-        self.save_hyperparameters(ignore=["model_cfg", "optimizer_cfg"])
-        self.optimizer_cfg = optimizer_cfg
-        self.backbone = build_backbone(model_cfg)
+        self.save_hyperparameters(ignore=["backbone", "optimizer"])
+        self.optimizer_factory = optimizer
+        self.backbone = backbone
         d = self.backbone.d_model
         if embed not in EMBEDS:
             raise ValueError(f"task.embed must be one of {EMBEDS}, got {embed!r}")
@@ -43,8 +41,8 @@ class Classifier(L.LightningModule):
         kernel = 3 if embed == "causal_conv" else 1
         self.value_embed = nn.Conv1d(n_channels, d, kernel_size=kernel, bias=embed == "linear")
         self.pad = kernel - 1
-        self.embed_drop = nn.Dropout(model_cfg.dropout)
-        self.head_drop = nn.Dropout(model_cfg.dropout)
+        self.embed_drop = nn.Dropout(dropout)
+        self.head_drop = nn.Dropout(dropout)
         self.head = nn.Linear(d * max_len if readout == "flatten" else d, n_classes)
         self.readout, self.max_len, self.n_channels = readout, max_len, n_channels
 
@@ -89,4 +87,8 @@ class Classifier(L.LightningModule):
         self._step(batch, "test")
 
     def configure_optimizers(self):
-        return instantiate(self.optimizer_cfg)(self.parameters())
+        return self.optimizer_factory(self.parameters())
+
+    def parameter_split(self) -> dict[str, int]:
+        count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+        return {"embedding": count(self.value_embed), "backbone": count(self.backbone), "head": count(self.head)}

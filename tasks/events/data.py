@@ -17,10 +17,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from aaren_bench.errors import DataError
+
 __all__ = ["EventDataError", "EventSeqs", "collate", "split_sequences"]
 
 
-class EventDataError(ValueError):
+class EventDataError(DataError):
     """Event data that breaks an assumption of the model (ordering, marks, masks, ...)."""
 
 

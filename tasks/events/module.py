@@ -52,12 +52,10 @@ class EventDataModule(L.LightningDataModule):
 class EventModule(L.LightningModule):
     """Trains on the mean NLL per scored event of each batch; evaluates exact split-level metrics."""
 
-    def __init__(self, model: EventModel, optimizer, monitor: str = "val/nll"):
+    def __init__(self, model: EventModel, optimizer):
         super().__init__()
         self.model = model
-        self.backbone = model.backbone
         self.optimizer_factory = optimizer
-        self.monitor = monitor
         self._sums: dict[str, list] = {}
 
     def forward(self, batch):

@@ -7,7 +7,7 @@ from pathlib import Path
 import lightning as L
 from torch.utils.data import DataLoader
 
-from tasks.forecast.frame import read_series, time_features
+from tasks.forecast.frame import FREQ_FEATURES, read_series, time_features
 from tasks.forecast.windows import Scaler, WindowDataset, split_borders
 
 log = logging.getLogger("aaren_bench")
@@ -39,6 +39,8 @@ class ForecastDataModule(L.LightningDataModule):
         super().__init__()
         self.path, self.split, self.freq = Path(path), split, freq
         self.seq_len, self.label_len, self.pred_len = seq_len, label_len, pred_len
+        self.n_channels = n_channels  # expected (the catalog's); read_series checks the file against it
+        self.n_marks = len(FREQ_FEATURES[freq])
         self.read_kw = dict(target=target, n_channels=n_channels, sentinel=sentinel, sentinel_policy=sentinel_policy)
         self.batch_size, self.num_workers = batch_size, num_workers
         self.datasets: dict[str, WindowDataset] = {}

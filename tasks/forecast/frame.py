@@ -15,12 +15,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from aaren_bench.errors import DataError
+
 log = logging.getLogger("aaren_bench")
 
 SENTINEL_POLICIES = ("keep", "interpolate")
 
 
-class ForecastDataError(ValueError):
+class ForecastDataError(DataError):
     """A forecasting CSV cannot be used as it is; the message says what is wrong and what to do."""
 
 

@@ -1,7 +1,6 @@
 """Exact MSE / MAE over every window, step and channel: sums accumulated across batches."""
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 

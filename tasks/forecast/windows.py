@@ -17,11 +17,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from aaren_bench.errors import DataError
+
 SPLITS = ("ett_hour", "ett_minute", "ratio")
 PARTS = ("train", "val", "test")
 
 
-class SplitError(ValueError):
+class SplitError(DataError):
     """The series is too short for the chosen split and window."""
 
 

@@ -4,9 +4,10 @@ D4RL's files cannot be downloaded everywhere; this command produces a file with 
 keys and dtypes from a policy acting in the same simulator, so the whole pipeline (load ->
 train -> evaluate -> normalised score) runs on real physics:
 
-    aaren-bench collect --env halfcheetah --policy random --episodes 10 \\
-        --out data/d4rl/halfcheetah_collected-v2.hdf5
-    python train.py task=rl dataset=hopper-medium dataset.file=/path/to/that.hdf5
+    aaren-bench collect --dataset halfcheetah-collected     # the catalog's recipe, into the data root
+    python train.py dataset=halfcheetah-collected
+    aaren-bench collect --env hopper --policy pi.pt --episodes 100 --out /path/to/that.hdf5
+    python train.py dataset=hopper-medium dataset.file=/path/to/that.hdf5   # a tagged cell
 
 Policies: ``random`` (uniform actions, seeded) or the path of a TorchScript module mapping
 an observation batch (B, obs_dim) float32 to actions (B, act_dim) in [-1, 1]
@@ -87,15 +88,35 @@ def collect(env_name: str, policy: str, episodes: int, out: str | Path, seed: in
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--env", required=True, choices=sorted(ENVS), help="D4RL environment name")
+    parser.add_argument("--dataset", default=None,
+                        help="a collected dataset of the catalog (e.g. halfcheetah-collected): its recipe, written "
+                             "to its place in the data root; the other options are then not needed")
+    parser.add_argument("--data-root", default=None, help="with --dataset: the data root (default: $AAREN_DATA or ./data)")
+    parser.add_argument("--env", default=None, choices=sorted(ENVS), help="D4RL environment name")
     parser.add_argument("--policy", default="random", help="'random' or the path of a TorchScript policy")
     parser.add_argument("--episodes", type=int, default=10, help="number of episodes (default 10)")
-    parser.add_argument("--out", required=True, help="HDF5 file to write (D4RL -v2 layout)")
+    parser.add_argument("--out", default=None, help="HDF5 file to write (D4RL -v2 layout)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the policy and of episode resets")
     parser.add_argument("--max-steps", type=int, default=1000, help="time limit per episode (default 1000)")
     parser.add_argument("--noise", type=float, default=0.0, help="std of Gaussian noise added to a saved policy's actions")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.dataset:
+        from aaren_bench.data import default_data_root, get
+
+        spec = get(args.dataset)
+        recipe = spec.info.get("collect")
+        if not recipe:
+            raise SystemExit(f"collect: {args.dataset!r} has no collect recipe in the catalog; "
+                             "use --env/--policy/--out for a file of your own")
+        root = Path(args.data_root).expanduser() if args.data_root else default_data_root()
+        out = root / spec.files[0].path
+        collect(recipe["env"], recipe["policy"], int(recipe["episodes"]), out, int(recipe["seed"]),
+                int(recipe["max_steps"]), float(recipe.get("noise", 0.0)))
+        print(f"wrote {out}")
+        return 0
+    if not args.env or not args.out:
+        raise SystemExit("collect: give --dataset NAME, or --env and --out (see --help)")
     collect(args.env, args.policy, args.episodes, args.out, args.seed, args.max_steps, args.noise)
     return 0

@@ -26,6 +26,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from aaren_bench.errors import DataError
+
 REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
 
 # D4RL's reference returns (d4rl/infos.py REF_MIN_SCORE / REF_MAX_SCORE, shared by the -v2 sets)
@@ -37,7 +39,7 @@ REF_SCORES: dict[str, tuple[float, float]] = {
 }
 
 
-class D4RLFormatError(ValueError):
+class D4RLFormatError(DataError):
     """An HDF5 file does not have the D4RL layout, or holds unusable values."""
 
 

@@ -15,7 +15,6 @@ simulator (``tasks.rl.acting``).
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import lightning as L
@@ -85,23 +84,12 @@ class WindowDataset(Dataset):
         return len(self.rtg)
 
 
-def writable(folder: Path) -> bool:
-    """Whether files may be created in ``folder`` (or the first existing folder above it).
-
-    The mode bits are checked as well as ``os.access``, so a folder marked read-only is
-    respected even by a process that could override it (root).
-    """
-    folder = Path(folder).resolve()
-    while not folder.exists():
-        folder = folder.parent
-    return bool(folder.stat().st_mode & 0o222) and os.access(folder, os.W_OK)
-
-
 def resolve_file(cfg) -> Path:
-    """The HDF5 file of ``cfg.dataset``: ``dataset.file`` if given, else the registry's copy.
+    """The HDF5 file of ``cfg.dataset``: ``dataset.file`` when given (a relative path lives under
+    ``paths.data_root``), else the registry's one way (``aaren_bench.data.fetch``).
 
-    A relative ``dataset.file`` lives under ``paths.data_root``. A missing collected file is
-    written first when the dataset config has a ``collect`` block.
+    Nothing is written here: a dataset made in the simulator comes from
+    ``aaren-bench collect --dataset <name>`` (or ``--env ... --out FILE``), run explicitly.
     """
     data_root = Path(cfg.paths.data_root).expanduser()
     file = cfg.dataset.get("file")
@@ -109,31 +97,10 @@ def resolve_file(cfg) -> Path:
         path = Path(file).expanduser()
         path = path if path.is_absolute() else data_root / path
         if not path.exists():
-            spec = cfg.dataset.get("collect")
-            if not spec:
-                raise FileNotFoundError(
-                    f"dataset.file={path} does not exist; write one with "
-                    f"`aaren-bench collect --env {cfg.dataset.env} --out {path}`"
-                )
-            from tasks.rl.collect import collect
-
-            inside_root = data_root.resolve() in path.resolve().parents
-            if not writable(path.parent) or (inside_root and not writable(data_root)):
-                raise DatasetNotFound(
-                    f"dataset {cfg.dataset.name!r} is missing its collected file {path}, and its folder is read-only. "
-                    f"Point paths.data_root (or AAREN_DATA) at a writable folder, set dataset.file=..., or place a "
-                    f"file written by `aaren-bench collect --env {cfg.dataset.env} --out FILE` at {path}"
-                )
-            log.info("collecting %s (%s policy, %d episodes) into %s", cfg.dataset.env, spec.policy, spec.episodes, path)
-            try:
-                collect(cfg.dataset.env, spec.policy, int(spec.episodes), path, seed=int(spec.get("seed", 0)),
-                        max_steps=int(spec.get("max_steps", 1000)), noise=float(spec.get("noise", 0.0)))
-            except OSError as e:  # read-only or not permitted
-                raise DatasetNotFound(
-                    f"dataset {cfg.dataset.name!r} is missing its collected file {path}, and it cannot be written "
-                    f"there ({e}). Point paths.data_root (or AAREN_DATA) at a writable folder, set dataset.file=..., "
-                    f"or place a file written by `aaren-bench collect --env {cfg.dataset.env} --out FILE` at {path}"
-                ) from e
+            raise DatasetNotFound(
+                f"dataset.file={path} does not exist; write one with "
+                f"`aaren-bench collect --env {cfg.dataset.env} --out {path}` or place a D4RL-layout HDF5 file there"
+            )
         return path
     from aaren_bench.data import fetch
 
@@ -155,8 +122,12 @@ class RLDataModule(L.LightningDataModule):
         self.path = path
         self.trajs = split_trajectories(data)
         self.obs_dim, self.act_dim = data["observations"].shape[1], data["actions"].shape[1]
-        want = self.cfg.dataset.get("obs_dim"), self.cfg.dataset.get("act_dim")
-        if (want[0] and want[0] != self.obs_dim) or (want[1] and want[1] != self.act_dim):
+        from aaren_bench.data import get
+
+        info = get(self.cfg.dataset.name).info  # the catalog's dims of this dataset
+        want = info.get("obs_dim"), info.get("act_dim")
+        if not self.cfg.dataset.get("file") and ((want[0] and want[0] != self.obs_dim) or
+                                                 (want[1] and want[1] != self.act_dim)):
             raise D4RLFormatError(
                 f"{path}: observations/actions have {self.obs_dim}/{self.act_dim} dims, "
                 f"but dataset {self.cfg.dataset.name} expects {want[0]}/{want[1]}; is it the right file?"

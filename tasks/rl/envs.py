@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from aaren_bench.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class EnvSpec:
@@ -30,7 +32,7 @@ ENVS: dict[str, EnvSpec] = {
 }
 
 
-class EnvMismatchError(ValueError):
+class EnvMismatchError(ConfigError):
     """The environment's observation or action space does not fit the dataset."""
 
 

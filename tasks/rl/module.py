@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
-import hydra
 import lightning as L
 import numpy as np
 import torch
@@ -27,18 +27,46 @@ def warmup_lambda(warmup_steps: int):
     return lambda step: min((step + 1) / max(warmup_steps, 1), 1.0)
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """How the test runs episodes in the simulator (conf/task/rl.yaml, the dataset's target)."""
+
+    env: str
+    target_return: float
+    rtg_scale: float
+    context_len: int
+    acting: str = "window"  # window | stream
+    episodes: int = 10
+    max_ep_len: int = 1000
+    debug_ep_len: int = 50  # under fast_dev_run
+    eval_seed: int = 10000  # episode i of seed s resets with eval_seed + 1000 s + i
+    seed: int = 0
+    threads: int = 1
+
+    @classmethod
+    def from_cfg(cls, cfg) -> "Evaluation":
+        t = cfg.task
+        return cls(env=str(cfg.dataset.env), target_return=float(cfg.dataset.target_return),
+                   rtg_scale=float(t.rtg_scale), context_len=int(t.context_len), acting=str(t.acting),
+                   episodes=int(t.eval_episodes), max_ep_len=int(t.max_ep_len), debug_ep_len=int(t.debug_ep_len),
+                   eval_seed=int(t.eval_seed), seed=int(cfg.seed), threads=int(t.eval_threads))
+
+
 class DecisionModule(L.LightningModule):
-    def __init__(self, cfg, model: DecisionModel):
+    def __init__(self, model: DecisionModel, optimizer, evaluation: Evaluation, warmup_steps: int = 10000):
         super().__init__()
-        self.cfg, self.model = cfg, model
-        self.env_name = cfg.dataset.env
+        self.model, self.optimizer_factory, self.evaluation = model, optimizer, evaluation
+        self.warmup_steps = warmup_steps
+        self.env_name = evaluation.env
         self._returns: list[np.ndarray] = []
         self._lengths: list[np.ndarray] = []
         self._wall = 0.0
 
-    @property
-    def backbone(self):
-        return self.model.backbone
+    def parameter_split(self) -> dict[str, int]:
+        count = lambda ps: sum(p.numel() for p in ps)  # noqa: E731
+        bb = count(self.model.backbone.parameters())
+        head = count(self.model.head.parameters())
+        return {"embedding": count(self.parameters()) - bb - head, "backbone": bb, "head": head}
 
     def training_step(self, batch, batch_idx):
         pred = self.model(batch["states"], batch["actions"], batch["rtg"], batch["timesteps"], batch["mask"])
@@ -47,30 +75,29 @@ class DecisionModule(L.LightningModule):
         return loss
 
     def configure_optimizers(self):
-        t = self.cfg.task
-        opt = hydra.utils.instantiate(t.optimizer)(self.parameters())
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_lambda(int(t.warmup_steps)))
+        opt = self.optimizer_factory(self.parameters())
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_lambda(int(self.warmup_steps)))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # -- evaluation in the simulator ----------------------------------------------------
     def make_agent(self, mode: str | None = None) -> Agent:
-        t = self.cfg.task
-        return Agent(self.model, float(self.cfg.dataset.target_return), float(t.rtg_scale), int(t.context_len),
-                     mode or t.acting, max_ep_len=int(t.max_ep_len))
+        e = self.evaluation
+        return Agent(self.model, e.target_return, e.rtg_scale, e.context_len, mode or e.acting, max_ep_len=e.max_ep_len)
 
     def on_test_epoch_start(self) -> None:
         self._returns, self._lengths, self._wall = [], [], 0.0
 
     def test_step(self, batch, batch_idx):
         episodes = batch.tolist()
-        max_len = int(self.cfg.task.max_ep_len)
+        e = self.evaluation
+        max_len = e.max_ep_len
         if self.trainer.fast_dev_run:  # a smoke test: short episodes, no record is written
-            max_len, episodes = min(max_len, int(self.cfg.task.debug_ep_len)), episodes[:2]
+            max_len, episodes = min(max_len, e.debug_ep_len), episodes[:2]
             log.info("fast_dev_run: evaluation cut to %d episodes of %d steps", len(episodes), max_len)
         envs = [make_env(self.env_name, self.model.obs_dim, self.model.act_dim, max_len) for _ in episodes]
-        seeds = [int(self.cfg.task.eval_seed) + 1000 * int(self.cfg.seed) + i for i in episodes]
+        seeds = [e.eval_seed + 1000 * e.seed + i for i in episodes]
         threads = torch.get_num_threads()
-        torch.set_num_threads(int(self.cfg.task.eval_threads))
+        torch.set_num_threads(e.threads)
         try:
             stats = run_episodes(self.make_agent(), envs, seeds, max_len)
         finally:

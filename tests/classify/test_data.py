@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from aaren_bench.data import ChecksumError, DatasetNotFound, get
-from aaren_bench.data.catalog_classify import uea_files
+from tasks.classify.catalog import uea_files
 from tasks.classify.data import UEADataModule, fit_scaler, pad, read_ts, stratified_split
 
 

@@ -6,18 +6,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
-from aaren_bench.run import train
-from tasks.events import build
+from aaren_bench.run import build, train
+from aaren_bench.study import compose_config
 from tasks.events.likelihood import metric_sums
 
 CONF = str(Path(__file__).resolve().parents[2] / "conf")
 
 
 def _cfg(*overrides):
-    with initialize_config_dir(config_dir=CONF, version_base=None):
-        return compose("config", overrides=["task=events", "logger=none", *overrides])
+    return compose_config(["task=events", "logger=none", *overrides])
 
 
 def test_default_dataset_is_sin_and_sizes_follow_meta_tpp():
@@ -57,7 +55,7 @@ def test_one_short_epoch_writes_a_record(model, runs_dir):
 
 def test_split_metrics_are_exact_whatever_the_batch_size():
     cfg = _cfg("dataset.n_seqs=30", "dataset.t_end=30")
-    dm, module = build(cfg)
+    _, dm, module, _ = build(cfg)
     module.eval()
     seqs = dm.splits["test"]
     from tasks.events.data import collate

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import lightning as L
-import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset

@@ -6,14 +6,14 @@ import json
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 
 pytest.importorskip("mujoco")
 
 from aaren_bench.cli import main as cli  # noqa: E402
+from aaren_bench.study import compose_config
 from aaren_bench.data import DatasetNotFound  # noqa: E402
 from aaren_bench.run import train  # noqa: E402
-from tasks.rl import build  # noqa: E402
+from aaren_bench.run import build  # noqa: E402
 from tasks.rl.d4rl import load_d4rl, normalized_score, split_trajectories  # noqa: E402
 from tasks.rl.envs import EnvMismatchError  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -29,8 +29,7 @@ TINY = [
 
 
 def compose_rl(*overrides):
-    with initialize_config_dir(version_base="1.3", config_dir=str(REPO / "conf")):
-        return compose("config", overrides=["task=rl", *overrides])
+    return compose_config(["task=rl", *overrides])
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +76,7 @@ def test_missing_collected_file_is_written_on_first_use(tmp_path, runs_dir):
     target = tmp_path / "new" / "hc.hdf5"
     cfg = compose_rl("dataset=halfcheetah-collected", f"dataset.file={target}", "dataset.collect.episodes=1",
                      "dataset.collect.max_steps=20", *TINY)
-    dm, module = build(cfg)
+    _, dm, module, _ = build(cfg)
     assert target.exists() and sum(len(t) for t in dm.trajs) == 20
     assert module.backbone.d_model == 16
 

@@ -3,7 +3,8 @@
 Canonical files (D4RL): ``<BASE>/<env>_<dataset with - as _>-v2.hdf5``, stored under the
 data root as ``d4rl/<same name>``. No verified copy could be examined here, so no sha256
 is pinned yet. A dataset config can point at any D4RL-layout file instead with
-``dataset.file=...`` (e.g. one written by ``aaren-bench collect``).
+``dataset.file=...`` (e.g. one written by ``aaren-bench collect``; such a run is tagged, it
+never lands in the D4RL dataset's cell).
 """
 from __future__ import annotations
 
@@ -30,13 +31,22 @@ for _env, (_obs, _act) in ENVS.items():
             )
         )
 
-register(
-    DatasetSpec(
-        name="halfcheetah-collected",
-        task="rl",
-        files=(RemoteFile(path="d4rl/halfcheetah_collected-v2.hdf5", url=""),),
-        info={"env": "halfcheetah", "obs_dim": 17, "act_dim": 6, "source": "aaren-bench collect"},
-        note="written locally: aaren-bench collect --env halfcheetah --policy random --episodes 10 "
-        "--out <data_root>/d4rl/halfcheetah_collected-v2.hdf5 (train.py does this itself when the file is missing)",
+# Written here, on request, by `aaren-bench collect --dataset halfcheetah-collected` (real physics,
+# random actions): the whole pipeline runs offline. The recipe is the fact; the file is its output.
+COLLECTED = {
+    "halfcheetah-collected": {"env": "halfcheetah", "policy": "random", "episodes": 10, "seed": 0, "max_steps": 1000},
+}
+
+for _name, _recipe in COLLECTED.items():
+    _file = d4rl_file(_recipe["env"], _name.split("-", 1)[1])
+    register(
+        DatasetSpec(
+            name=_name,
+            task="rl",
+            files=(RemoteFile(path=f"d4rl/{_file}", url=""),),
+            info={"env": _recipe["env"], "obs_dim": ENVS[_recipe["env"]][0], "act_dim": ENVS[_recipe["env"]][1],
+                  "source": "aaren-bench collect", "collect": _recipe},
+            note=f"made on this machine by the simulator: run `aaren-bench collect --dataset {_name}` "
+                 f"(writes <data root>/d4rl/{_file}), or place a D4RL-layout file there",
+        )
     )
-)

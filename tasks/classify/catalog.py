@@ -2,8 +2,8 @@
 
 Files live at ``<Name>/<Name>_{TRAIN,TEST}.ts`` under the data root (the
 Time-Series-Library layout); a missing file is taken from the canonical zip archive.
-JapaneseVowels ships inside the sktime package and is read from there when the data root
-has no copy, so the default run needs no download.
+JapaneseVowels ships inside the sktime package (a declared ``bundled`` source) and is read
+from there when the data root has no copy, so the default run needs no download.
 """
 from __future__ import annotations
 
@@ -33,6 +33,9 @@ UEA = {
     "SpokenArabicDigits": (6599, 2199, 13, 93, 10, "", ""),
 }
 
+# JapaneseVowels ships inside sktime (the offline default): a declared source, checksummed like a download
+BUNDLED = {"JapaneseVowels": "sktime:datasets/data/JapaneseVowels/JapaneseVowels_{split}.ts"}
+
 for _name, (_ntr, _nte, _dims, _len, _cls, _sha_tr, _sha_te) in UEA.items():
     register(
         DatasetSpec(
@@ -44,37 +47,16 @@ for _name, (_ntr, _nte, _dims, _len, _cls, _sha_tr, _sha_te) in UEA.items():
                     url=ARCHIVE.format(name=_name),
                     sha256=sha,
                     member=f"{_name}_{split}.ts",
+                    bundled=BUNDLED[_name].format(split=split) if _name in BUNDLED else None,
                 )
                 for split, sha in (("TRAIN", _sha_tr), ("TEST", _sha_te))
             ),
-            info={"train": _ntr, "test": _nte, "dims": _dims, "max_len": _len, "classes": _cls},
+            info={"train": _ntr, "test": _nte, "channels": _dims, "max_len": _len, "classes": _cls},
         )
     )
 
 
-def sktime_bundled(name: str) -> Path | None:
-    """The folder of a UEA dataset that ships inside the sktime package, if any."""
-    try:
-        import sktime
-    except ImportError:
-        return None
-    d = Path(sktime.__file__).parent / "datasets" / "data" / name
-    return d if (d / f"{name}_TRAIN.ts").exists() and (d / f"{name}_TEST.ts").exists() else None
-
-
 def uea_files(name: str, data_root) -> tuple[Path, Path]:
-    """(TRAIN, TEST) ``.ts`` paths: the data root first, then sktime's bundled copy, then download."""
-    root = Path(data_root) if data_root else None
-    local = [root / name / f"{name}_{s}.ts" for s in ("TRAIN", "TEST")] if root else []
-    if not (local and all(p.exists() for p in local)):
-        bundled = sktime_bundled(name)
-        if bundled is not None:
-            from aaren_bench.data.registry import get, verify_file  # the bundled copy is checksummed too
-
-            spec = get(name)
-            paths = (bundled / f"{name}_TRAIN.ts", bundled / f"{name}_TEST.ts")
-            for p, f in zip(paths, spec.files):
-                verify_file(p, f)
-            return paths
+    """(TRAIN, TEST) ``.ts`` paths, found the registry's one way (data root, bundled copy, download)."""
     paths = fetch(name, data_root)
     return paths[f"{name}/{name}_TRAIN.ts"], paths[f"{name}/{name}_TEST.ts"]

@@ -1,0 +1,98 @@
+"""The task contract: what a task gives the run loop, and nothing more.
+
+Each task package ``tasks/<name>/`` exposes ``TASK``, an instance of a :class:`Task`
+subclass. The run loop (``aaren_bench.run``) builds the backbone and the optimizer
+factory itself and hands them over; a task never sees the model config and the run loop
+never reaches into a task's module::
+
+    dm = task.build_datamodule(cfg)                        # data: files, splits, loaders, sizes
+    module = task.build_module(cfg, dm, backbone, optim)   # embedding -> backbone -> head, losses
+    task.test_metrics(cfg)                             # ("test/acc",): the first is the primary
+    task.selection(cfg)                                # Selection("val/acc", "max") or None
+
+``selection`` names the validation metric that picks the checkpoint to test (None: the
+weights training ended with are tested, as in offline RL). A protocol changes it through
+the task keys it sets (``task.monitor`` / ``task.monitor_mode``), never by name.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import torch
+
+TASKS = ("classify", "forecast", "events", "rl")
+
+OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The validation metric that selects the checkpoint to test, and its direction."""
+
+    metric: str
+    mode: str = "min"  # "min" | "max"
+
+    def __post_init__(self):
+        if self.mode not in ("min", "max"):
+            raise ValueError(f"selection mode must be 'min' or 'max', got {self.mode!r}")
+
+
+class Task:
+    """Base class of the four tasks. Subclasses set ``name`` and ``metrics`` and implement the
+    two builders; ``selection`` defaults to ``task.monitor`` / ``task.monitor_mode``."""
+
+    name: str = ""
+    metrics: tuple[str, ...] = ()  # the test metrics the module logs; the first is the primary
+
+    def build_datamodule(self, cfg) -> Any:
+        raise NotImplementedError(f"task {self.name!r} must implement build_datamodule(cfg)")
+
+    def build_module(self, cfg, datamodule: Any, backbone: torch.nn.Module, optimizer: OptimizerFactory) -> Any:
+        """The LightningModule; data sizes (channels, classes, marks, obs/act dims) come from the
+        datamodule, which has read the data, never from the config."""
+        raise NotImplementedError(f"task {self.name!r} must implement build_module(cfg, datamodule, backbone, optimizer)")
+
+    def test_metrics(self, cfg) -> tuple[str, ...]:
+        return self.metrics
+
+    def primary_metric(self, cfg) -> str:
+        return self.test_metrics(cfg)[0]
+
+    def selection(self, cfg) -> Selection | None:
+        monitor = cfg.task.get("monitor")
+        return Selection(str(monitor), str(cfg.task.get("monitor_mode", "min"))) if monitor else None
+
+
+def load_task(name: str) -> Task:
+    """The ``TASK`` of ``tasks.<name>``."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; choose one of: {', '.join(TASKS)} (e.g. task=classify)")
+    task = importlib.import_module(f"tasks.{name}").TASK
+    if not isinstance(task, Task):
+        raise TypeError(f"tasks.{name}.TASK must be an aaren_bench.task.Task, got {type(task).__name__}")
+    return task
+
+
+def optimizer_factory(optimizer_cfg) -> OptimizerFactory:
+    """``task.optimizer`` (a ``_partial_`` Hydra node) -> params -> optimizer."""
+    from hydra.utils import instantiate
+
+    factory = instantiate(optimizer_cfg)
+    if not callable(factory):
+        raise ValueError("task.optimizer must be a partial optimizer (`_partial_: true`), e.g. "
+                         "{_target_: torch.optim.Adam, _partial_: true, lr: 1e-4}")
+    return factory
+
+
+def parameter_split(module: torch.nn.Module, backbone: torch.nn.Module) -> dict[str, int]:
+    """Parameter counts: the module's own split when it reports one (``parameter_split()``,
+    e.g. embedding / head), else backbone and the rest; always with the total."""
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    total, bb = count(module), count(backbone)
+    own = getattr(module, "parameter_split", None)
+    split = dict(own()) if callable(own) else {"other": total - bb}
+    split.setdefault("backbone", bb)
+    split["total"] = total
+    return split
