@@ -26,9 +26,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from aaren_bench.nn import state_nbytes  # noqa: E402
-from aaren_bench.study import compose_config
 from aaren_bench.run import build  # noqa: E402
+from aaren_bench.study import compose_config  # noqa: E402
 from tasks.rl.acting import run_episodes  # noqa: E402
 from tasks.rl.collect import collect  # noqa: E402
 from tasks.rl.d4rl import normalized_score  # noqa: E402
@@ -80,7 +79,7 @@ def acting_cost(module, mode: str, ep_len: int, seed: int, at=(10, 1000)) -> dic
         obs, r, term, trunc, _ = env.step(a[0])
         agent.update(a, np.array([r], np.float32))
         if mode == "stream" and t + 1 in at:
-            nbytes[t + 1] = state_nbytes(agent.state)
+            nbytes[t + 1] = agent.state.nbytes()
         if term or trunc:
             break
     env.close()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from aaren_bench.bench.measure import peak_memory, time_interleaved
-from aaren_bench.nn import Backbone
+from aaren_bench.nn import Backbone, mixer_factory
 
 BACKBONES = ("aaren", "transformer")
 
@@ -34,17 +34,16 @@ class LayerSizes:
 
 def build(kind: str, sizes: LayerSizes, device: torch.device) -> Backbone:
     torch.manual_seed(0)
-    model = Backbone(
-        kind, d_model=sizes.d_model, n_layers=1, n_heads=sizes.n_heads, d_ff=sizes.d_ff, dropout=0.0,
-        scan_chunk=sizes.scan_chunk,
-    )
+    options = {"scan_chunk": sizes.scan_chunk} if kind == "aaren" else {}
+    mixer = mixer_factory(kind, n_heads=sizes.n_heads, **options)
+    model = Backbone(mixer, d_model=sizes.d_model, n_layers=1, d_ff=sizes.d_ff, dropout=0.0)
     return model.to(device).train()
 
 
 def _train_step(model: Backbone, x: torch.Tensor):
     def step():
         model.zero_grad(set_to_none=True)
-        model(x).square().mean().backward()
+        model(x)[0].square().mean().backward()
 
     return step
 
@@ -59,7 +58,7 @@ def saved_for_backward_bytes(model: Backbone, x: torch.Tensor) -> int:
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = model(x).square().mean()
+        loss = model(x)[0].square().mean()
     del loss
     return sum(storages.values())
 

@@ -3,7 +3,7 @@
 Aaren and the Transformer (same block, same size) each consume the same sequence token by
 token through ``Backbone.step``. The two models take turns at every token, so both see the
 same background load. Recorded every ``every`` tokens: the bytes held by the state
-(measured from its tensors, ``aaren_bench.nn.state_nbytes``), the cumulative time, and the
+(measured from its tensors, ``BackboneState.nbytes()``), the cumulative time, and the
 median time of one step over the last ``every`` tokens.
 
 To compare Aaren's step far into the sequence with its step near the start without load
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from aaren_bench.bench.measure import sync
-from aaren_bench.nn import Backbone, state_nbytes
+from aaren_bench.nn import Backbone, mixer_factory
 
 
 @dataclass
@@ -39,7 +39,8 @@ BACKBONES = ("aaren", "transformer")
 
 def build(kind: str, sizes: StreamSizes, device: torch.device) -> Backbone:
     torch.manual_seed(0)
-    model = Backbone(kind, d_model=sizes.d_model, n_layers=sizes.n_layers, n_heads=sizes.n_heads, d_ff=sizes.d_ff, dropout=0.0)
+    mixer = mixer_factory(kind, n_heads=sizes.n_heads)
+    model = Backbone(mixer, d_model=sizes.d_model, n_layers=sizes.n_layers, d_ff=sizes.d_ff, dropout=0.0)
     return model.to(device).eval()
 
 
@@ -84,7 +85,7 @@ def run_streaming(sizes: StreamSizes, device: torch.device, log=print) -> list[d
             for k in BACKBONES:
                 early = early_window if k == "aaren" and early_window else [float("nan")]
                 rows.append(
-                    {"backbone": k, "tokens": t + 1, "state_bytes": state_nbytes(states[k]), "cumulative_s": total[k],
+                    {"backbone": k, "tokens": t + 1, "state_bytes": states[k].nbytes(), "cumulative_s": total[k],
                      "step_ms_median": 1e3 * statistics.median(window[k]), "step_ms_min": 1e3 * min(window[k]),
                      "early_step_ms_median": 1e3 * statistics.median(early),
                      "batch": sizes.batch, "d_model": sizes.d_model, "n_layers": sizes.n_layers, "params": params[k]}

@@ -1,5 +1,19 @@
-"""Backbones: Aaren and a causal Transformer built from one shared block."""
-from aaren_bench.nn.backbone import Backbone, Block, build_backbone, state_nbytes
-from aaren_bench.nn.mixers import AarenMixer, CausalSelfAttention, KVCache
+"""Backbones: Aaren and a Transformer built from one shared block around a registered mixer."""
+from aaren_bench.nn.backbone import Backbone, BackboneState, Block, build_backbone, state_nbytes
+from aaren_bench.nn.embed import sinusoidal
+from aaren_bench.nn.mixers import MIXERS, AarenMixer, KVCache, SelfAttention, mixer_factory, register_mixer
 
-__all__ = ["AarenMixer", "Backbone", "Block", "CausalSelfAttention", "KVCache", "build_backbone", "state_nbytes"]
+__all__ = [
+    "MIXERS",
+    "AarenMixer",
+    "Backbone",
+    "BackboneState",
+    "Block",
+    "KVCache",
+    "SelfAttention",
+    "build_backbone",
+    "mixer_factory",
+    "register_mixer",
+    "sinusoidal",
+    "state_nbytes",
+]

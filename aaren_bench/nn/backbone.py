@@ -1,24 +1,46 @@
-"""The two backbones: one stack of identical blocks around a chosen token mixer.
+"""The backbones: one stack of identical blocks around a token mixer.
 
-``Backbone(mixer="aaren" | "transformer", ...)``. The block (norms, feed-forward,
-residuals, dropout) is shared; only the mixer differs. Post-LN by default
-(``norm_first=False``, as ``torch.nn.TransformerEncoderLayer`` and the paper's parameter
-count); ``norm_first=True`` gives a pre-LN stack with a final LayerNorm.
+``Backbone(mixer=factory, d_model, ...)`` with ``factory(d_model) -> mixer`` (e.g.
+``mixer_factory("aaren", n_heads=8)``); ``build_backbone(model_cfg)`` builds it from a
+model config (``conf/model/*.yaml``). The block (norms, feed-forward, residuals,
+dropout) is shared; only the mixer differs. Post-LN by default (``norm_first=False``,
+as ``torch.nn.TransformerEncoderLayer`` and the paper's parameter count);
+``norm_first=True`` gives a pre-LN stack with a final LayerNorm.
 
 A task asks for ``d_model`` and calls ``forward`` (parallel) or ``init_state`` / ``step``
-(streaming, one token at a time); it never needs to know which mixer it holds.
+(streaming, one token at a time); it never needs to know which mixer it holds. Both
+return ``(output, state)``; the state is a :class:`BackboneState` (one mixer state per
+layer) that knows its size in bytes.
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 
-from aaren_bench.nn.mixers import MIXERS, AarenMixer, KVCache
-from aaren_bench.ops import ScanState
+from aaren_bench.nn.mixers import mixer_factory
 
 _ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
+# model-config keys the backbone itself takes; every other key is an option of the mixer
+_BACKBONE_KEYS = ("d_model", "n_layers", "d_ff", "dropout", "activation", "norm_first")
+
+
+@dataclass
+class BackboneState:
+    """The streaming state of a backbone: one mixer state per layer, bottom first."""
+
+    layers: list[Any]
+
+    def nbytes(self) -> int:
+        return sum(st.nbytes() for st in self.layers)
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def __len__(self) -> int:
+        return len(self.layers)
 
 
 class Block(nn.Module):
@@ -32,109 +54,111 @@ class Block(nn.Module):
         self.drop1, self.drop2 = nn.Dropout(dropout), nn.Dropout(dropout)
         self.norm_first = norm_first
 
-    def _around(self, x: Tensor, mix):
-        """The block's shared arithmetic around a mixer call ``mix(h) -> (y, extra)``."""
+    def _around(self, x: Tensor, mix) -> tuple[Tensor, Any]:
+        """The block's shared arithmetic around a mixer call ``mix(h) -> (y, state)``."""
         if self.norm_first:
-            y, extra = mix(self.norm1(x))
+            y, state = mix(self.norm1(x))
             x = x + self.drop1(y)
             x = x + self.drop2(self.ff(self.norm2(x)))
         else:
-            y, extra = mix(x)
+            y, state = mix(x)
             x = self.norm1(x + self.drop1(y))
             x = self.norm2(x + self.drop2(self.ff(x)))
-        return x, extra
+        return x, state
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, return_state: bool = False):
-        if return_state:
-            return self._around(x, lambda h: self.mixer(h, mask, return_state=True))
-        return self._around(x, lambda h: (self.mixer(h, mask), None))[0]
+    def forward(self, x: Tensor, mask: Tensor | None = None, state=None, output_state: bool = False):
+        return self._around(x, lambda h: self.mixer(h, mask, state, output_state))
 
     def step(self, x_t: Tensor, state, mask_t: Tensor | None = None):
         return self._around(x_t, lambda h: self.mixer.step(h, state, mask_t))
 
 
 class Backbone(nn.Module):
-    """A causal sequence model: (B, N, d_model) -> (B, N, d_model)."""
+    """A sequence model (B, N, d_model) -> (B, N, d_model): ``n_layers`` blocks around ``mixer(d_model)``."""
 
     def __init__(
         self,
-        mixer: str = "aaren",
+        mixer: Callable[[int], nn.Module],
         d_model: int = 128,
         n_layers: int = 2,
-        n_heads: int = 8,
         d_ff: int = 256,
         dropout: float = 0.1,
         activation: str = "gelu",
         norm_first: bool = False,
-        scan_chunk: int = 32,
     ):
         super().__init__()
-        if mixer not in MIXERS:
-            raise ValueError(f"unknown backbone {mixer!r}; choose one of {sorted(MIXERS)} (model=aaren or model=transformer)")
-        self.kind, self.d_model = mixer, d_model
-
-        def make_mixer():
-            if mixer == "aaren":
-                return AarenMixer(d_model, n_heads, scan_chunk=scan_chunk)
-            return MIXERS[mixer](d_model, n_heads)
-
+        if not callable(mixer):
+            raise TypeError(f"mixer must be a factory d_model -> mixer, e.g. mixer_factory('aaren', n_heads=8); "
+                            f"got {mixer!r} (build from a config with build_backbone)")
+        self.d_model = d_model
         self.blocks = nn.ModuleList(
-            Block(make_mixer(), d_model, d_ff, dropout, activation, norm_first) for _ in range(n_layers)
+            Block(mixer(d_model), d_model, d_ff, dropout, activation, norm_first) for _ in range(n_layers)
         )
         self.final_norm = nn.LayerNorm(d_model) if norm_first else nn.Identity()
 
-    def forward(self, x: Tensor, padding_mask: Tensor | None = None, return_state: bool = False):
-        """x (B, N, D), padding_mask (B, N) True at valid tokens -> (B, N, D) [, state]."""
+    def forward(self, x: Tensor, mask: Tensor | None = None, state: BackboneState | None = None,
+                output_state: bool = False) -> tuple[Tensor, BackboneState | None]:
+        """x (B, N, D), mask (B, N) True at valid tokens -> (y (B, N, D), final state or None).
+
+        ``state``: the state after an earlier prefix (from ``output_state`` or ``step``);
+        y then continues it, as one forward over prefix + x would.
+        """
         if x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"backbone expects (batch, length, {self.d_model}); got {tuple(x.shape)}")
-        if padding_mask is not None and padding_mask.shape != x.shape[:2]:
-            raise ValueError(f"padding_mask must be {tuple(x.shape[:2])} (batch, length); got {tuple(padding_mask.shape)}")
-        states = []
-        for block in self.blocks:
-            if return_state:
-                x, st = block(x, padding_mask, return_state=True)
-                states.append(st)
-            else:
-                x = block(x, padding_mask)
-        x = self.final_norm(x)
-        return (x, states) if return_state else x
+        if mask is not None and mask.shape != x.shape[:2]:
+            raise ValueError(f"mask must be {tuple(x.shape[:2])} (batch, length) with True at valid tokens; "
+                             f"got {tuple(mask.shape)}")
+        layers = self._layers(state)
+        out = []
+        for block, st in zip(self.blocks, layers):
+            x, st = block(x, mask, st, output_state)
+            out.append(st)
+        return self.final_norm(x), (BackboneState(out) if output_state else None)
 
-    def init_state(self, batch: int, device=None, dtype=torch.float32) -> list[Any]:
-        """The empty-history state: one entry per layer (Aaren: (m, c, a); Transformer: KV cache)."""
-        return [b.mixer.init_state(batch, device=device, dtype=dtype) for b in self.blocks]
+    def init_state(self, batch: int, device=None, dtype=torch.float32) -> BackboneState:
+        """The empty history (Aaren: (m, c, a) per layer; Transformer: an empty KV cache per layer)."""
+        return BackboneState([b.mixer.init_state(batch, device=device, dtype=dtype) for b in self.blocks])
 
-    def step(self, x_t: Tensor, state: list[Any], mask_t: Tensor | None = None):
-        """One token x_t (B, D) -> (y_t (B, D), new state). Equals ``forward`` token by token."""
-        new_state = []
-        for block, st in zip(self.blocks, state):
+    def step(self, x_t: Tensor, state: BackboneState, mask_t: Tensor | None = None) -> tuple[Tensor, BackboneState]:
+        """One token x_t (B, D), mask_t (B,) -> (y_t (B, D), new state). Equals ``forward`` token by token."""
+        out = []
+        for block, st in zip(self.blocks, self._layers(state)):
             x_t, st = block.step(x_t, st, mask_t)
-            new_state.append(st)
-        return self.final_norm(x_t), new_state
+            out.append(st)
+        return self.final_norm(x_t), BackboneState(out)
+
+    def _layers(self, state: BackboneState | None) -> list[Any]:
+        if state is None:
+            return [None] * len(self.blocks)
+        if not isinstance(state, BackboneState) or len(state) != len(self.blocks):
+            raise ValueError(f"state must be a BackboneState of {len(self.blocks)} layers (from init_state, step or "
+                             f"forward(..., output_state=True)); got {type(state).__name__}")
+        return state.layers
 
 
-def state_nbytes(state: list[Any]) -> int:
-    """Bytes held by a streaming state, measured from its tensors."""
-    total = 0
-    for st in state:
-        if isinstance(st, KVCache):
-            total += st.nbytes()
-        elif isinstance(st, ScanState):
-            total += sum(t.numel() * t.element_size() for t in st)
-        else:
-            raise TypeError(f"unknown state entry {type(st).__name__}")
-    return total
+def state_nbytes(state: BackboneState) -> int:
+    """Bytes held by a streaming state (``state.nbytes()``)."""
+    return state.nbytes()
 
 
 def build_backbone(cfg) -> Backbone:
-    """Build from a model config (``conf/model/*.yaml``): name, d_model, n_layers, ..."""
+    """Build from a model config (``conf/model/*.yaml``).
+
+    ``mixer`` names the registered mixer; d_model, n_layers, d_ff, dropout, activation and
+    norm_first size the stack; every other key except ``name`` (n_heads, scan_chunk,
+    causal, ...) is passed to the mixer, which rejects options it does not take.
+    """
+    cfg = {k: cfg[k] for k in cfg}  # a plain dict (resolves OmegaConf interpolations)
+    if "mixer" not in cfg:
+        raise ValueError(f"the model config needs `mixer:` (a registered mixer, e.g. aaren or transformer); "
+                         f"got keys {sorted(cfg)}")
+    options = {k: v for k, v in cfg.items() if k not in ("name", "mixer", *_BACKBONE_KEYS)}
     return Backbone(
-        mixer=cfg.name,
-        d_model=cfg.d_model,
-        n_layers=cfg.n_layers,
-        n_heads=cfg.n_heads,
-        d_ff=cfg.d_ff,
-        dropout=cfg.dropout,
+        mixer_factory(cfg["mixer"], **options),
+        d_model=cfg["d_model"],
+        n_layers=cfg["n_layers"],
+        d_ff=cfg["d_ff"],
+        dropout=cfg["dropout"],
         activation=cfg.get("activation", "gelu"),
         norm_first=cfg.get("norm_first", False),
-        scan_chunk=cfg.get("scan_chunk", 32),
     )

@@ -1,4 +1,8 @@
-"""Embeddings shared by the task heads."""
+"""Embeddings shared by the task heads: the one sinusoidal encoding.
+
+Used for step positions (classify; forecast's table, TSLib's PositionalEmbedding) and for
+real-valued event times (events, THP's temporal encoding): the same formula and layout.
+"""
 from __future__ import annotations
 
 import math

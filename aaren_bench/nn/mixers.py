@@ -1,26 +1,66 @@
 """Token mixers: the only part in which the two backbones differ.
 
-Both mixers map x (B, N, D) to y (B, N, D) causally. At position k the output is
-attention over the *valid* tokens at or before k (a padding mask removes tokens as
-keys; a position with no valid token at or before it outputs 0). Both have the same
-projections (query, key, value and output, with bias), so their parameter counts
-differ only by Aaren's learned query token.
+Every mixer has one signature for its two ways to run (the contract in CONTRACTS.md):
 
-Each mixer has two ways to run:
-- ``forward(x, mask, return_state)``: the whole sequence in parallel (training);
-- ``step(x_t, state, mask_t)``: one token on an explicit state (streaming). Aaren's state
-  is (m, c, a) of constant size; the Transformer's is a key/value cache.
+    mixer = SomeMixer(d_model, n_heads, **options)           # options from the model config
+    y, state = mixer(x, mask=None, state=None, output_state=False)   # parallel (training)
+    state = mixer.init_state(batch, device, dtype)                    # the empty history
+    y_t, state = mixer.step(x_t, state, mask_t=None)                  # one token (streaming)
+
+x (B, N, D), mask (B, N) True at valid tokens. ``state`` given to ``forward`` is the state
+after an earlier prefix: the outputs continue it, exactly as one pass over prefix + x
+would; the final state comes back only if ``output_state`` (else None). A masked token
+never changes a state and never influences a valid output. A state is a small object of
+tensors with ``.nbytes()``.
+
+At position k the output is attention over the *valid* tokens at or before k (a position
+with no valid token at or before it outputs 0); only the transformer with
+``causal=False`` looks ahead. Both mixers have the same projections (query, key, value,
+output, with bias): their parameter counts differ only by Aaren's learned query token.
+
+A new mixer joins the registry with one line, ``@register_mixer("name")`` above its class.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from aaren_bench.ops import ScanState, init_state, scan, scan_step
+
+MIXERS: dict[str, type[nn.Module]] = {}
+
+
+def register_mixer(name: str):
+    """Class decorator: ``MIXERS[name] = cls`` (``model.mixer=name`` then builds it)."""
+
+    def add(cls):
+        if name in MIXERS:
+            raise ValueError(f"mixer {name!r} is already registered ({MIXERS[name].__name__})")
+        MIXERS[name] = cls
+        return cls
+
+    return add
+
+
+def mixer_factory(name: str, **options) -> Callable[[int], nn.Module]:
+    """A factory ``d_model -> mixer`` for the registered mixer ``name`` with ``options``
+    (n_heads, and e.g. scan_chunk, causal); options are checked here, not at first use."""
+    if name not in MIXERS:
+        raise ValueError(f"unknown mixer {name!r}; choose one of {sorted(MIXERS)} (model.mixer)")
+    cls = MIXERS[name]
+    try:
+        inspect.signature(cls).bind(0, **options)  # 0 stands for d_model
+    except TypeError as err:
+        takes = [p for p in inspect.signature(cls).parameters if p != "d_model"]
+        raise ValueError(f"mixer {name!r} takes options {takes}; got {sorted(options)} ({err})") from None
+    return functools.partial(cls, **options)
 
 
 class _Projections(nn.Module):
@@ -47,15 +87,20 @@ class _Projections(nn.Module):
         return t.transpose(1, 2).reshape(B, N, H * Dh)
 
 
+@register_mixer("aaren")
 class AarenMixer(_Projections):
     """Attention of one learned query over every prefix, computed as a prefix scan.
 
     The query token q0 (D,) is a parameter of the layer; it goes through the query
     projection, so each head has its own query. Keys and values are projections of the
-    layer's input, i.e. the previous layer's outputs.
+    layer's input, i.e. the previous layer's outputs. The state is the scan's (m, c, a)
+    (:class:`aaren_bench.ops.ScanState`): constant size however long the history.
     """
 
-    def __init__(self, d_model: int, n_heads: int, scan_chunk: int = 32):
+    def __init__(self, d_model: int, n_heads: int, scan_chunk: int = 32, causal: bool = True):
+        if not causal:
+            raise ValueError("the aaren mixer is causal by construction (a prefix scan): "
+                             "model.causal=false is only for model=transformer")
         super().__init__(d_model, n_heads)
         self.query = nn.Parameter(torch.randn(d_model) / math.sqrt(d_model))
         self.scan_chunk = scan_chunk
@@ -63,24 +108,23 @@ class AarenMixer(_Projections):
     def _q(self) -> Tensor:
         return self.q_proj(self.query).view(self.n_heads, self.d_head)  # (H, Dh)
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, return_state: bool = False):
+    def forward(self, x: Tensor, mask: Tensor | None = None, state: ScanState | None = None,
+                output_state: bool = False) -> tuple[Tensor, ScanState | None]:
         k, v = self.heads(self.k_proj(x)), self.heads(self.v_proj(x))  # (B, H, N, Dh)
-        q = self._q().to(k.dtype)
-        s = torch.einsum("bhnd,hd->bhn", k, q) / math.sqrt(self.d_head)  # (B, H, N)
-        out = scan(s, v, mask, chunk=self.scan_chunk, return_state=return_state)
-        o, state = out if return_state else (out, None)
-        y = self.out_proj(self.merge(o))
-        return (y, state) if return_state else y
+        s = torch.einsum("bhnd,hd->bhn", k, self._q().to(k.dtype)) / math.sqrt(self.d_head)  # (B, H, N)
+        out = scan(s, v, mask, chunk=self.scan_chunk, return_state=output_state, initial_state=state)
+        o, state = out if output_state else (out, None)  # (B, H, N, Dh)
+        return self.out_proj(self.merge(o)), state
 
     def init_state(self, batch: int, device=None, dtype=torch.float32) -> ScanState:
         return init_state(batch, self.n_heads, self.d_head, device=device, dtype=dtype)
 
-    def step(self, x_t: Tensor, state: ScanState, mask_t: Tensor | None = None):
+    def step(self, x_t: Tensor, state: ScanState, mask_t: Tensor | None = None) -> tuple[Tensor, ScanState]:
         B = x_t.shape[0]
-        k = self.k_proj(x_t).view(B, self.n_heads, self.d_head)
+        k = self.k_proj(x_t).view(B, self.n_heads, self.d_head)  # (B, H, Dh)
         v = self.v_proj(x_t).view(B, self.n_heads, self.d_head)
         s = (k * self._q().to(k.dtype)).sum(-1) / math.sqrt(self.d_head)  # (B, H)
-        o, state = scan_step(s, v, state, mask_t)
+        o, state = scan_step(s, v, state, mask_t)  # (B, H, Dh)
         return self.out_proj(o.reshape(B, self.d_model)), state
 
 
@@ -89,6 +133,7 @@ class KVCache:
     """Keys and values seen so far, in buffers that grow by doubling.
 
     k, v: (B, H, capacity, Dh); valid: (B, capacity) bool; length: tokens stored.
+    ``append`` writes in place (amortised O(1) per token): keep using the returned cache.
     """
 
     k: Tensor
@@ -110,53 +155,92 @@ class KVCache:
         self.length += 1
         return self
 
+    def stored(self) -> tuple[Tensor, Tensor, Tensor]:
+        """The filled part: k, v (B, H, length, Dh), valid (B, length)."""
+        n = self.length
+        return self.k[:, :, :n], self.v[:, :, :n], self.valid[:, :n]
+
     def nbytes(self) -> int:
+        """Bytes of the buffers (capacity, not only the filled part): grows with the history."""
         return sum(t.numel() * t.element_size() for t in (self.k, self.v, self.valid))
 
 
-class CausalSelfAttention(_Projections):
-    """Causal multi-head softmax self-attention with ``scaled_dot_product_attention``."""
+@register_mixer("transformer")
+class SelfAttention(_Projections):
+    """Multi-head softmax self-attention with ``scaled_dot_product_attention``.
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, return_state: bool = False):
+    ``causal=True`` (default): position k attends to the valid tokens at or before k, after
+    any cached history (the state is a :class:`KVCache`). ``causal=False``: every position
+    attends to every valid token of the sequence (padding is still masked as keys); such a
+    layer has no streaming form, so ``step``, ``init_state`` and ``state`` raise.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, causal: bool = True):
+        super().__init__(d_model, n_heads)
+        self.causal = causal
+
+    def _need_causal(self, what: str) -> None:
+        if not self.causal:
+            raise ValueError(f"a bidirectional transformer (model.causal=false) sees the whole sequence at once: "
+                             f"it cannot stream, so it has no {what}; use forward without state, or model.causal=true")
+
+    def forward(self, x: Tensor, mask: Tensor | None = None, state: KVCache | None = None,
+                output_state: bool = False) -> tuple[Tensor, KVCache | None]:
         B, N, _ = x.shape
-        q, k, v = (self.heads(p(x)) for p in (self.q_proj, self.k_proj, self.v_proj))
-        if mask is None or bool(mask.all()):  # no padding: the fused causal path
+        q, k, v = (self.heads(p(x)) for p in (self.q_proj, self.k_proj, self.v_proj))  # (B, H, N, Dh)
+        if not self.causal:
+            if state is not None or output_state:
+                self._need_causal("state")
+            return self.out_proj(self.merge(self._bidirectional(q, k, v, mask))), None
+        valid = torch.ones(B, N, dtype=torch.bool, device=x.device) if mask is None else mask.bool()  # (B, N)
+        if state is not None and state.length:
+            k0, v0, valid0 = state.stored()  # (B, H, P, Dh), (B, P)
+            k, v = torch.cat([k0.to(k.dtype), k], 2), torch.cat([v0.to(v.dtype), v], 2)  # (B, H, P + N, Dh)
+            valid = torch.cat([valid0, valid], 1)  # (B, P + N)
+        P = k.shape[2] - N  # tokens of history
+        if P == 0 and (mask is None or bool(mask.all())):  # no history, no padding: the fused causal path
             o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
-            valid = mask.bool()
-            seen = valid.cumsum(-1) > 0  # (B, N): some valid token at or before k
-            causal = torch.ones(N, N, dtype=torch.bool, device=x.device).tril()
-            allowed = causal & valid[:, None, :]
+            # query i (absolute position P + i) sees keys j <= P + i that are valid
+            causal = torch.ones(N, P + N, dtype=torch.bool, device=x.device).tril(P)  # (N, P + N)
+            allowed = causal & valid[:, None, :]  # (B, N, P + N)
+            seen = allowed.any(-1)  # (B, N): some valid key at or before the query
             # rows with no valid key attend to themselves (no NaN), then are zeroed
-            eye = torch.eye(N, dtype=torch.bool, device=x.device)
-            allowed = allowed | (eye & ~seen[:, :, None])
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])
+            allowed[:, :, P:] |= torch.eye(N, dtype=torch.bool, device=x.device) & ~seen[:, :, None]
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])  # (B, H, N, Dh)
             o = o * seen[:, None, :, None].to(o.dtype)
         y = self.out_proj(self.merge(o))
-        if not return_state:
-            return y
-        valid = torch.ones(B, N, dtype=torch.bool, device=x.device) if mask is None else mask.bool()
-        return y, KVCache(k.contiguous(), v.contiguous(), valid.contiguous(), N)
+        if not output_state:
+            return y, None
+        return y, KVCache(k.contiguous(), v.contiguous(), valid.contiguous(), P + N)
+
+    def _bidirectional(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        """(B, H, N, Dh) x3 -> (B, H, N, Dh): every query over every valid key."""
+        if mask is None or bool(mask.all()):
+            return F.scaled_dot_product_attention(q, k, v)
+        valid = mask.bool()  # (B, N)
+        seen = valid.any(-1)  # (B,): a sequence with no valid token outputs 0
+        allowed = valid | ~seen[:, None]  # (B, N)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None, None, :])
+        return o * seen[:, None, None, None].to(o.dtype)
 
     def init_state(self, batch: int, device=None, dtype=torch.float32) -> KVCache:
+        self._need_causal("init_state")
         z = torch.zeros(batch, self.n_heads, 0, self.d_head, device=device, dtype=dtype)
         return KVCache(z, z.clone(), torch.zeros(batch, 0, dtype=torch.bool, device=device), 0)
 
-    def step(self, x_t: Tensor, state: KVCache, mask_t: Tensor | None = None):
+    def step(self, x_t: Tensor, state: KVCache, mask_t: Tensor | None = None) -> tuple[Tensor, KVCache]:
+        self._need_causal("step")
         B = x_t.shape[0]
         q, k, v = (p(x_t).view(B, self.n_heads, 1, self.d_head) for p in (self.q_proj, self.k_proj, self.v_proj))
         valid_t = torch.ones(B, dtype=torch.bool, device=x_t.device) if mask_t is None else mask_t.bool()
         state = state.append(k[:, :, 0].to(state.k.dtype), v[:, :, 0].to(state.v.dtype), valid_t)
-        n = state.length
-        keys_valid = state.valid[:, :n]  # (B, n)
+        keys, values, keys_valid = state.stored()  # (B, H, n, Dh), (B, n)
         seen = keys_valid.any(-1)  # (B,)
         allowed = keys_valid.clone()
         allowed[:, -1] |= ~seen  # no valid key yet: attend to itself, then zero
         o = F.scaled_dot_product_attention(
-            q, state.k[:, :, :n].to(q.dtype), state.v[:, :, :n].to(q.dtype), attn_mask=allowed[:, None, None, :]
+            q, keys.to(q.dtype), values.to(q.dtype), attn_mask=allowed[:, None, None, :]
         )  # (B, H, 1, Dh)
         o = o * seen[:, None, None, None].to(o.dtype)
         return self.out_proj(o.reshape(B, self.d_model)), state
-
-
-MIXERS = {"aaren": AarenMixer, "transformer": CausalSelfAttention}

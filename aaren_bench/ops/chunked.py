@@ -29,6 +29,10 @@ exp(s_i) exp(-m_k - lam_k), so their contribution is one more forward scan (of t
 reversed block summaries, with scores -min m over the block), again with every weight
 bounded. Only s, v, o and the per-position (m, lam) are kept for backward; nothing of
 size N x N, and the C x C block matrix is recomputed.
+
+``lam`` is an output too (continuing a scan from an earlier state needs each position's
+log-sum-exp). Its gradient is taken with m held fixed: d(m_k + lam_k)/ds_i = p_ki, so an
+upstream dlam only changes delta to delta - dlam in the formula for ds.
 """
 from __future__ import annotations
 
@@ -121,13 +125,15 @@ def scan_core(s: Tensor, v: Tensor, chunk: int, lo: Tensor | None = None) -> tup
 
 
 def scan_core_backward(
-    s: Tensor, v: Tensor, o: Tensor, m: Tensor, lam: Tensor, do: Tensor, chunk: int
+    s: Tensor, v: Tensor, o: Tensor, m: Tensor, lam: Tensor, do: Tensor, chunk: int, dlam: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
-    """Gradients (ds (B, H, N), dv (B, H, N, D)) of ``scan_core``'s o for upstream do."""
+    """Gradients (ds (B, H, N), dv (B, H, N, D)) of ``scan_core``'s o (and lam, m fixed) for upstream do (, dlam)."""
     B, H, N, D = v.shape
     C = min(max(chunk, 2), N)
     J = -(-N // C)
     delta = torch.einsum("bhnd,bhnd->bhn", do, o)  # (B, H, N)
+    if dlam is not None:
+        delta = delta - dlam
     sb = _pad_to(s, J * C, -1, NEG_INF).view(B, H, J, C)
     # an empty prefix gets m = +inf, lam = 0: every weight of its row is exp(-inf) = 0
     m_ref = _replace_inf(_pad_to(m, J * C, -1, NEG_INF), neg=POS_INF).view(B, H, J, C)
@@ -166,18 +172,24 @@ def scan_core_backward(
 
 
 class ChunkedScan(torch.autograd.Function):
-    """(s, v) -> o with the exact backward above; s masked, both float32 or float64."""
+    """(s, v) -> (o, lam) with the exact backward above; s masked, both float32 or float64.
+
+    lam (B, H, N) is relative to the running max of s (``torch.cummax``), which the caller
+    takes without gradient: lam's gradient is that of m + lam.
+    """
 
     @staticmethod
     def forward(ctx, s: Tensor, v: Tensor, chunk: int):
         o, m, lam = scan_core(s, v, chunk)
         ctx.save_for_backward(s, v, o, m, lam)
         ctx.chunk = chunk
-        return o
+        ctx.set_materialize_grads(False)
+        return o, lam
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, do: Tensor):
+    def backward(ctx, do: Tensor | None, dlam: Tensor | None):
         s, v, o, m, lam = ctx.saved_tensors
-        ds, dv = scan_core_backward(s, v, o, m, lam, do.contiguous(), ctx.chunk)
+        do = torch.zeros_like(o) if do is None else do.contiguous()
+        ds, dv = scan_core_backward(s, v, o, m, lam, do, ctx.chunk, dlam)
         return ds, dv, None

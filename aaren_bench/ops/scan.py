@@ -23,7 +23,9 @@ Four implementations of the same function, from the most readable to the fastest
   an exact hand-written backward of the same cost.
 
 :func:`scan_step` advances the explicit state (m, c, a) by one token: the constant-size
-streaming form. Every function accumulates half-precision inputs in float32.
+streaming form; ``scan(..., initial_state=state)`` continues a whole block from a state
+(the outputs are those of one scan over the earlier tokens followed by these). Every
+function accumulates half-precision inputs in float32.
 """
 from __future__ import annotations
 
@@ -57,6 +59,10 @@ class ScanState(NamedTuple):
     c: Tensor
     a: Tensor
 
+    def nbytes(self) -> int:
+        """Bytes held by the state's tensors (constant: independent of the prefix length)."""
+        return sum(t.numel() * t.element_size() for t in self)
+
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     """float64 stays float64; everything else accumulates in float32."""
@@ -88,6 +94,17 @@ def _masked_scores(s: Tensor, mask: Tensor | None, dtype: torch.dtype) -> Tensor
 def _safe_ref(m: Tensor) -> Tensor:
     """A reference for exp(s - ref): the running max, or 0 where it is still -inf."""
     return torch.where(torch.isneginf(m), torch.zeros_like(m), m)
+
+
+def _check_state(state: ScanState, v: Tensor) -> ScanState:
+    """The initial state for values v (B, H, N, D), in the accumulation dtype."""
+    B, H, _, D = v.shape
+    if state.m.shape != (B, H) or state.c.shape != (B, H) or state.a.shape != (B, H, D):
+        raise ValueError(
+            f"initial_state must hold m, c (B, H) = {(B, H)} and a (B, H, D) = {(B, H, D)}; got "
+            f"m {tuple(state.m.shape)}, c {tuple(state.c.shape)}, a {tuple(state.a.shape)}"
+        )
+    return ScanState(*(t.to(_acc_dtype(v.dtype)) for t in state))
 
 
 def _divide(num: Tensor, den: Tensor) -> Tensor:
@@ -139,12 +156,20 @@ def scan_step(
 
 
 def scan_reference(
-    s: Tensor, v: Tensor, mask: Tensor | None = None, return_state: bool = False
+    s: Tensor,
+    v: Tensor,
+    mask: Tensor | None = None,
+    return_state: bool = False,
+    initial_state: ScanState | None = None,
 ):
-    """The recurrence of the paper, token by token: O(N) sequential steps."""
+    """The recurrence of the paper, token by token: O(N) sequential steps (from ``initial_state``
+    if given, else from the empty prefix)."""
     _check(s, v, mask)
     B, H, N, D = v.shape
-    state = init_state(B, H, D, device=v.device, dtype=v.dtype)
+    if initial_state is None:
+        state = init_state(B, H, D, device=v.device, dtype=v.dtype)
+    else:
+        state = _check_state(initial_state, v)
     s = _masked_scores(s, mask, state.m.dtype)
     outs = []
     for k in range(N):
@@ -206,12 +231,32 @@ def scan_hillis_steele(s: Tensor, v: Tensor, mask: Tensor | None = None) -> Tens
 # --------------------------------------------------------------------------------------
 
 
+def _continue(state: ScanState, s: Tensor, o: Tensor, lam: Tensor) -> Tensor:
+    """Outputs of a scan over (s, v) continued after the prefix summarised by ``state``.
+
+    o (B, H, N, D) and lam (B, H, N) are the scan of s alone. With its running max m_k,
+    its prefix up to k has softmax denominator exp(m_k + lam_k) and numerator that times
+    o_k; the state's are exp(m0) c0 and exp(m0) a0. Both are taken relative to
+    ref_k = max(m0, m_k): one of the two factors exp(. - ref_k) is 1, so nothing
+    overflows or underflows to 0/0, and a large score never absorbs lam. ref cancels in
+    the ratio, so it carries no gradient; lam's gradient is that of m + lam (ChunkedScan).
+    """
+    m = torch.cummax(s.detach(), dim=-1).values  # (B, H, N)
+    m0 = state.m[..., None]  # (B, H, 1)
+    ref = _safe_ref(torch.maximum(m0.detach(), m))  # (B, H, N)
+    w0 = torch.exp(m0 - ref)  # (B, H, N), 0 for an empty state
+    wn = torch.exp((m - ref) + lam)  # (B, H, N), 0 before the first valid token
+    num = w0[..., None] * state.a[:, :, None] + wn[..., None] * o  # (B, H, N, D)
+    return _divide(num, state.c[..., None] * w0 + wn)
+
+
 def scan(
     s: Tensor,
     v: Tensor,
     mask: Tensor | None = None,
     chunk: int = 32,
     return_state: bool = False,
+    initial_state: ScanState | None = None,
 ):
     """Fast exact prefix scan (method in :mod:`aaren_bench.ops.chunked`).
 
@@ -219,6 +264,9 @@ def scan(
     ``chunk``: block length (any value >= 1 gives the same result, values below 2 act as
     2; it trades the C x C block products against the depth of the scan over block
     summaries: 16-32 is fastest on CPU at N = 8192, D = 128).
+    ``initial_state``: the state after earlier tokens (from ``return_state`` or
+    :func:`scan_step`); the outputs then continue that prefix, exactly as one scan over
+    all the tokens would (and so does the returned state). Gradients reach it too.
     Returns o (B, H, N, D) in v's dtype, and the final :class:`ScanState` if asked.
     The backward is exact and hand-written; it keeps s, v, o and two numbers per position.
     """
@@ -227,14 +275,20 @@ def scan(
         raise ValueError(f"chunk must be a positive block length; got {chunk}")
     B, H, N, D = v.shape
     dtype = _acc_dtype(v.dtype)
+    if initial_state is not None:
+        initial_state = _check_state(initial_state, v)
     if N == 0:
         o = v.new_zeros(B, H, 0, D)
-        return (o, init_state(B, H, D, v.device, v.dtype)) if return_state else o
+        state = initial_state if initial_state is not None else init_state(B, H, D, v.device, v.dtype)
+        return (o, state) if return_state else o
     s = _masked_scores(s, mask, dtype).contiguous()
-    o = ChunkedScan.apply(s, v.to(dtype).contiguous(), chunk)  # (B, H, N, D)
-    if not return_state:
-        return o.to(v.dtype)
-    # state after the last token: the true running max m, and c, a relative to it
-    m = s.amax(-1)  # (B, H), -inf before any valid token
-    c = torch.exp(s - _safe_ref(m)[..., None]).sum(-1)  # (B, H), >= 1 or exactly 0
-    return o.to(v.dtype), ScanState(m, c, c[..., None] * o[:, :, -1])
+    o, lam = ChunkedScan.apply(s, v.to(dtype).contiguous(), chunk)  # (B, H, N, D), (B, H, N)
+    if return_state:
+        # state after the last token: the true running max m, and c, a relative to it
+        m = s.amax(-1)  # (B, H), -inf before any valid token
+        c = torch.exp(s - _safe_ref(m)[..., None]).sum(-1)  # (B, H), >= 1 or exactly 0
+        state = ScanState(m, c, c[..., None] * o[:, :, -1])
+    if initial_state is not None:
+        o = _continue(initial_state, s, o, lam)
+        state = _combine(initial_state, state) if return_state else None
+    return (o.to(v.dtype), state) if return_state else o.to(v.dtype)

@@ -54,7 +54,7 @@ class Classifier(L.LightningModule):
         pos = sinusoidal(torch.arange(N, device=x.device), self.backbone.d_model)  # (N, D)
         xc = F.pad(x.transpose(1, 2), (self.pad, 0))  # (B, C, pad + N): left padding keeps it causal
         h = self.embed_drop(self.value_embed(xc).transpose(1, 2) + pos)  # (B, N, D)
-        h = self.backbone(h, padding_mask=mask)  # (B, N, D)
+        h, _ = self.backbone(h, mask)  # (B, N, D)
         m = mask[..., None].to(h.dtype)
         if self.readout == "flatten":
             if N != self.max_len:

@@ -16,17 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from aaren_bench.nn.embed import sinusoidal
 from tasks.events.likelihood import Mixture
 
 TIME_ENCODINGS = ("absolute", "absolute+log_dt")
-
-
-def temporal_encoding(t: Tensor, d_model: int) -> Tensor:
-    """THP's encoding: (...,) -> (..., d); channel j is sin (j even) / cos (j odd) of t / 10000^(2*(j//2)/d)."""
-    j = torch.arange(d_model, device=t.device)
-    inv = torch.exp(-math.log(10000.0) * (2 * (j // 2)).to(torch.float32) / d_model)  # (d,)
-    ang = t.to(torch.float32)[..., None] * inv  # (..., d)
-    return torch.where(j % 2 == 0, ang.sin(), ang.cos())
 
 
 class EventModel(nn.Module):
@@ -59,7 +52,7 @@ class EventModel(nn.Module):
     def embed(self, times: Tensor, dts: Tensor, marks: Tensor) -> Tensor:
         """times, dts (B, N) in data units (time since window start, gap); marks (B, N) -> (B, N, D)."""
         s = self.scale
-        x = self.mark_emb(marks) + temporal_encoding(times / s, self.backbone.d_model)
+        x = self.mark_emb(marks) + sinusoidal(times / s, self.backbone.d_model)  # THP's encoding
         if self.dt_proj is not None:
             x = x + self.dt_proj(torch.log1p(dts.clamp_min(0) / s)[..., None])
         return x
@@ -73,5 +66,5 @@ class EventModel(nn.Module):
     def forward(self, batch: dict) -> tuple[Mixture, Tensor | None]:
         """Parallel pass: position i's outputs predict the event after event i. (B, N, K), (B, N, M)."""
         x = self.embed(batch["times"], batch["dts"], batch["marks"])  # (B, N, D)
-        h = self.backbone(x, batch["mask"])  # (B, N, D), causal
+        h, _ = self.backbone(x, batch["mask"])  # (B, N, D), causal
         return self.heads(h)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from aaren_bench.nn import state_nbytes
 from tasks.events.likelihood import (
     Mixture,
     lognormal_mixture_log_prob,
@@ -79,4 +78,4 @@ class StreamingPredictor:
         return lognormal_mixture_log_survival(torch.as_tensor(tau, dtype=torch.float32, device=self.device), self._need())
 
     def state_bytes(self) -> int:
-        return state_nbytes(self.state)
+        return self.state.nbytes()

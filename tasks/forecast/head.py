@@ -12,10 +12,10 @@ The same :class:`Forecaster` wraps either backbone; only ``backbone`` differs. T
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
+
+from aaren_bench.nn.embed import sinusoidal
 
 HEADS = ("last", "decoder")
 
@@ -25,16 +25,6 @@ def instance_norm(x: Tensor, eps: float = 1e-5) -> tuple[Tensor, Tensor, Tensor]
     mean = x.mean(1, keepdim=True)
     std = torch.sqrt(x.var(1, keepdim=True, unbiased=False) + eps)
     return (x - mean) / std, mean, std
-
-
-def sinusoidal_positions(n: int, d: int) -> Tensor:
-    """(n, d) fixed sine/cosine position table (Vaswani et al.; TSLib's PositionalEmbedding)."""
-    pos = torch.arange(n, dtype=torch.float32)[:, None]
-    div = torch.exp(torch.arange(0, d, 2, dtype=torch.float32) * (-math.log(10000.0) / d))
-    pe = torch.zeros(n, d)
-    pe[:, 0::2] = torch.sin(pos * div)
-    pe[:, 1::2] = torch.cos(pos * div)[:, : d // 2]
-    return pe
 
 
 class Embedding(nn.Module):
@@ -49,7 +39,8 @@ class Embedding(nn.Module):
         self.value = nn.Linear(n_channels, d_model)
         self.calendar = nn.Linear(n_marks, d_model, bias=False)
         self.unknown = nn.Parameter(torch.zeros(d_model))
-        self.register_buffer("positions", sinusoidal_positions(max_len, d_model), persistent=False)
+        # (max_len, D) fixed sine/cosine table (Vaswani et al.; TSLib's PositionalEmbedding)
+        self.register_buffer("positions", sinusoidal(torch.arange(max_len), d_model), persistent=False)
         self.drop = nn.Dropout(dropout)
 
     def forward(self, values: Tensor, marks: Tensor, unknown: Tensor | None = None) -> Tensor:
@@ -82,7 +73,7 @@ class Forecaster(nn.Module):
             raise ValueError(f"expected input (batch, {self.seq_len}, {self.n_channels}); got {tuple(x.shape)}")
         z, mean, std = instance_norm(x)  # (B, L, C), (B, 1, C) x2
         if self.head == "last":
-            h = self.backbone(self.embed(z, x_mark))  # (B, L, D)
+            h, _ = self.backbone(self.embed(z, x_mark))  # (B, L, D)
             out = self.proj(h[:, -1]).view(B, self.pred_len, C)
         else:
             known = z[:, L - self.label_len :]  # (B, label_len, C)
@@ -90,6 +81,6 @@ class Forecaster(nn.Module):
             marks = torch.cat([x_mark, y_mark], 1)  # (B, L + label + pred, F)
             unknown = torch.zeros(values.shape[:2], dtype=torch.bool, device=x.device)
             unknown[:, -self.pred_len :] = True
-            h = self.backbone(self.embed(values, marks, unknown))  # (B, N, D)
+            h, _ = self.backbone(self.embed(values, marks, unknown))  # (B, N, D)
             out = self.proj(h[:, -self.pred_len :])  # (B, pred_len, C)
         return out * std + mean  # de-normalised forecast

@@ -71,7 +71,7 @@ class DecisionModel(nn.Module):
             self.embed("action", actions, timesteps),
         )  # (B, 3T, D)
         token_mask = None if mask is None else mask.repeat_interleave(3, dim=1)  # (B, 3T)
-        h = self.backbone(tokens, token_mask)  # (B, 3T, D)
+        h, _ = self.backbone(tokens, token_mask)  # (B, 3T, D)
         return self.head(h[:, 1::3])  # outputs at the state tokens -> (B, T, A)
 
     # -- streaming: one token at a time ------------------------------------------------

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from aaren_bench.nn import Backbone
+from aaren_bench.nn import build_backbone
 from tasks.events import synthetic
 from tasks.events.data import collate
 from tasks.events.likelihood import metric_sums, sequence_scores
@@ -42,7 +42,7 @@ def _nll(model, seqs, bs=64) -> float:
 def fit(train, val, kind: str, epochs: int = 150, seed: int = 0, time_encoding: str = "absolute", verbose=False):
     """Adam 3e-3 halved on validation plateaus, batch 32, best epoch on validation NLL (faster than the protocol)."""
     torch.manual_seed(seed)
-    bb = Backbone(kind, d_model=32, n_layers=2, n_heads=1, d_ff=64, dropout=0.0)
+    bb = build_backbone(dict(mixer=kind, d_model=32, n_layers=2, n_heads=1, d_ff=64, dropout=0.0))
     model = EventModel(bb, 1, train.mean_inter_time(), 8, time_encoding=time_encoding)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=3)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from aaren_bench.nn import Backbone
+from aaren_bench.nn import build_backbone
 from tasks.events.data import EventSeqs, collate
 from tasks.events.model import EventModel
 from tasks.events.stream import StreamingPredictor
@@ -14,7 +14,7 @@ BACKBONES = ["aaren", "transformer"]
 
 def _model(kind, num_marks=4, time_encoding="absolute", seed=0):
     torch.manual_seed(seed)
-    bb = Backbone(mixer=kind, d_model=16, n_layers=2, n_heads=2, d_ff=32, dropout=0.1)
+    bb = build_backbone(dict(mixer=kind, d_model=16, n_layers=2, n_heads=2, d_ff=32, dropout=0.1))
     return EventModel(bb, num_marks=num_marks, time_scale=0.7, n_components=3, time_encoding=time_encoding).eval()
 
 

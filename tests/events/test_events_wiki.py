@@ -52,12 +52,13 @@ def test_converted_file_loads_without_pickle(wiki, tmp_path):
 
 
 def test_a_model_scores_wiki_batches(wiki):
-    from aaren_bench.nn import Backbone
+    from aaren_bench.nn import build_backbone
     from tasks.events.likelihood import metric_sums
     from tasks.events.model import EventModel
 
     train = wiki.subset(range(600))
-    model = EventModel(Backbone("aaren", 16, 1, 1, 16, 0.0), wiki.num_marks, train.mean_inter_time(), 8).eval()
+    bb = build_backbone(dict(mixer="aaren", d_model=16, n_layers=1, n_heads=1, d_ff=16, dropout=0.0))
+    model = EventModel(bb, wiki.num_marks, train.mean_inter_time(), 8).eval()
     with torch.no_grad():
         s = metric_sums(*model(collate(wiki, [0, 1, 2])), collate(wiki, [0, 1, 2]))
     assert s.n_events == sum(len(wiki.times[i]) - 1 for i in range(3))

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from aaren_bench.nn import Backbone
+from aaren_bench.nn import build_backbone
 from tasks.forecast import ErrorSums, Forecaster, instance_norm, mse_mae
 from tasks.forecast.module import ForecastModule, type1_factor
 
@@ -15,7 +15,7 @@ KINDS = ["aaren", "transformer"]
 
 def net(kind, head="last", seq=12, label=4, pred=6, C=3, F=4):
     torch.manual_seed(0)
-    bb = Backbone(kind, d_model=16, n_layers=2, n_heads=2, d_ff=32, dropout=0.0)
+    bb = build_backbone(dict(mixer=kind, d_model=16, n_layers=2, n_heads=2, d_ff=32, dropout=0.0))
     return Forecaster(bb, C, F, seq, label, pred, head=head, dropout=0.0).double().eval()
 
 

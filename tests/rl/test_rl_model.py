@@ -6,7 +6,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from aaren_bench.nn import build_backbone, state_nbytes
+from aaren_bench.nn import build_backbone
 from tasks.rl.acting import Agent
 from tasks.rl.d4rl import Trajectory
 from tasks.rl.data import WindowDataset, WindowSampler
@@ -18,7 +18,7 @@ S, A = 5, 2
 
 def small_model(kind: str, seed: int = 0) -> DecisionModel:
     torch.manual_seed(seed)
-    cfg = OmegaConf.create(dict(name=kind, d_model=16, n_layers=2, n_heads=2, d_ff=32, dropout=0.1, norm_first=True))
+    cfg = OmegaConf.create(dict(name=kind, mixer=kind, d_model=16, n_layers=2, n_heads=2, d_ff=32, dropout=0.1, norm_first=True))
     m = DecisionModel(build_backbone(cfg), S, A, max_timestep=64)
     m.set_state_stats(np.full(S, 0.5, np.float32), np.full(S, 2.0, np.float32))
     return m.eval()
@@ -124,14 +124,14 @@ def test_aaren_stream_state_is_constant_size():
     for t in range(25):
         agent.act(np.zeros((2, S), np.float32))
         agent.update(np.zeros((2, A), np.float32), np.zeros(2, np.float32))
-        sizes.append(state_nbytes(agent.state))
+        sizes.append(agent.state.nbytes())
     assert len(set(sizes)) == 1
     tr = Agent(small_model("transformer"), 0.0, 1.0, 4, "stream", max_ep_len=50)
     tr.reset(2)
     for t in range(25):
         tr.act(np.zeros((2, S), np.float32))
         tr.update(np.zeros((2, A), np.float32), np.zeros(2, np.float32))
-    assert state_nbytes(tr.state) > sizes[0]  # the KV cache grows with the episode
+    assert tr.state.nbytes() > sizes[0]  # the KV cache grows with the episode
 
 
 def test_timestep_beyond_embedding_is_a_clear_error():
