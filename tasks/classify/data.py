@@ -73,9 +73,9 @@ def read_ts(path: Path, nan_policy: str = "interpolate") -> Series:
             nan = np.isnan(arr)
             if nan_policy == "error":
                 step, dim = (int(a[0]) for a in np.nonzero(missing))
-                kind = "NaN" if nan[step, dim] else "infinite (inf/-inf, or beyond float32's range)"
+                kind = "a NaN value" if nan[step, dim] else "an infinite value (inf/-inf, or beyond float32's range)"
                 raise UEADataError(
-                    f"{path}: series {i}, dimension {dim} has a {kind} value at step {step} ({float(arr[step, dim])!r}); "
+                    f"{path}: series {i}, dimension {dim} has {kind} at step {step} ({float(arr[step, dim])!r}); "
                     f"{int(missing.sum())} missing value(s) in that series. Fix the file, or pass "
                     f"task.nan_policy=interpolate to fill missing values by linear interpolation."
                 )
@@ -86,7 +86,6 @@ def read_ts(path: Path, nan_policy: str = "interpolate") -> Series:
         msg = (f"{path.name}: {n_series} series had missing values ({n_nan} NaN, {n_inf} inf or beyond float32's "
                f"range), filled by linear interpolation (task.nan_policy=interpolate; =error refuses them)")
         warnings.warn(msg, stacklevel=2)
-        log.warning(msg)
     return Series(values, np.asarray([str(label) for label in y]))
 
 

@@ -37,7 +37,7 @@ def test_nan_and_inf_counted_together(tmp_path):
 
 def test_infinite_value_is_refused_under_nan_policy_error(tmp_path):
     p = ts(tmp_path, [("1,2,3", "0,0,0", "a"), ("1,2,3", "4,-inf,6", "b")])
-    with pytest.raises(UEADataError, match=r"series 1, dimension 1 has a infinite .* value at step 1 \(-inf\).*nan_policy=interpolate"):
+    with pytest.raises(UEADataError, match=r"series 1, dimension 1 has an infinite value .* at step 1 \(-inf\).*nan_policy=interpolate"):
         read_ts(p, nan_policy="error")
 
 
