@@ -19,7 +19,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from aaren_bench.data.checks import F32_MAX, F32_SQUARE_MAX, beyond, refetch_hint
+from aaren_bench.errors import DataError
+
 log = logging.getLogger("aaren_bench")
+
+NAN_POLICIES = ("interpolate", "error")
 
 
 @dataclass
@@ -27,52 +32,76 @@ class Series:
     """Variable-length multivariate series of one split."""
 
     values: list[np.ndarray]  # each (length_i, channels), float32
-    labels: np.ndarray  # (n,) str
+    labels: np.ndarray  # (n,) str; each item a plain Python str when listed (str(label))
 
     @property
     def channels(self) -> int:
         return self.values[0].shape[1]
 
 
+class UEADataError(DataError):
+    """A UEA ``.ts`` file (or a TRAIN/TEST pair) cannot be used as it is; the message says what to do."""
+
+
 def read_ts(path: Path, nan_policy: str = "interpolate") -> Series:
     """Read a UEA ``.ts`` file with sktime's reader; check shapes and missing values.
 
-    nan_policy: ``interpolate`` (linear inside a series, then the nearest value at the ends,
-    with a warning) or ``error``.
+    Missing values are NaN, inf/-inf, and numbers beyond float32's range (they would become
+    inf in training). nan_policy: ``interpolate`` (linear inside a series, then the nearest
+    value at the ends, with a warning) or ``error``.
     """
     from sktime.datasets import load_from_tsfile
 
+    if nan_policy not in NAN_POLICIES:
+        raise ValueError(f"task.nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
+    path = Path(path)
     try:
         X, y = load_from_tsfile(str(path), return_data_type="nested_univ")
-    except Exception as e:  # sktime raises several types for a malformed file
-        raise ValueError(f"could not read {path} as a UEA .ts file ({type(e).__name__}: {e}). "
-                         f"The file may be truncated or corrupt: delete it and fetch it again.") from e
-    values, n_nan = [], 0
+    except Exception as e:  # sktime raises several types for a malformed, binary or empty file
+        raise UEADataError(f"could not read {path} as a UEA .ts file ({type(e).__name__}: {e}). The file may be "
+                           f"truncated, corrupt or not a .ts file at all: {_refetch(path)}.") from e
+    if len(X) == 0 or X.shape[1] == 0:
+        raise UEADataError(f"{path} holds no series (or no dimensions) after its @data line: {_refetch(path)}.")
+    values, n_nan, n_inf, n_series = [], 0, 0, 0
     for i in range(len(X)):
         chans = [np.asarray(X.iloc[i, c], dtype=np.float64) for c in range(X.shape[1])]
         lengths = {len(c) for c in chans}
         if len(lengths) != 1:
-            raise ValueError(f"{path}: series {i} has channels of different lengths {sorted(lengths)}")
+            raise UEADataError(f"{path}: series {i} has dimensions of different lengths {sorted(lengths)}")
         arr = np.stack(chans, axis=1)  # (length, channels)
-        if np.isnan(arr).any():
-            n_nan += 1
+        missing = beyond(arr, F32_MAX)  # NaN, inf, or inf once cast to float32
+        if missing.any():
+            nan = np.isnan(arr)
             if nan_policy == "error":
-                raise ValueError(f"{path}: series {i} contains NaN values; "
-                                 f"pass task.nan_policy=interpolate to fill them by linear interpolation")
-            arr = _interpolate(arr)
+                step, dim = (int(a[0]) for a in np.nonzero(missing))
+                kind = "a NaN value" if nan[step, dim] else "an infinite value (inf/-inf, or beyond float32's range)"
+                raise UEADataError(
+                    f"{path}: series {i}, dimension {dim} has {kind} at step {step} ({float(arr[step, dim])!r}); "
+                    f"{int(missing.sum())} missing value(s) in that series. Fix the file, or pass "
+                    f"task.nan_policy=interpolate to fill missing values by linear interpolation."
+                )
+            n_series, n_nan, n_inf = n_series + 1, n_nan + int(nan.sum()), n_inf + int((missing & ~nan).sum())
+            arr = _interpolate(np.where(missing, np.nan, arr), f"{path}: series {i}")
         values.append(arr.astype(np.float32))
-    if n_nan:
-        warnings.warn(f"{path.name}: {n_nan} series had missing values, filled by linear interpolation", stacklevel=2)
-    return Series(values, np.asarray(y).astype(str))
+    if n_series:
+        msg = (f"{path.name}: {n_series} series had missing values ({n_nan} NaN, {n_inf} inf or beyond float32's "
+               f"range), filled by linear interpolation (task.nan_policy=interpolate; =error refuses them)")
+        warnings.warn(msg, stacklevel=2)
+    return Series(values, np.asarray([str(label) for label in y]))
 
 
-def _interpolate(arr: np.ndarray) -> np.ndarray:
+def _refetch(path: Path) -> str:
+    return refetch_hint(path, "classify")
+
+
+def _interpolate(arr: np.ndarray, where: str = "a series") -> np.ndarray:
     out = arr.copy()
     t = np.arange(len(arr))
     for c in range(arr.shape[1]):
         ok = ~np.isnan(arr[:, c])
         if not ok.any():
-            raise ValueError("a channel of a series is entirely NaN: nothing to interpolate from")
+            raise UEADataError(f"{where}, dimension {c} has no finite value: nothing to interpolate from. "
+                               f"Fix or remove that series.")
         out[:, c] = np.interp(t, t[ok], arr[ok, c])
     return out
 
@@ -90,10 +119,29 @@ def pad(values: list[np.ndarray], max_len: int) -> tuple[np.ndarray, np.ndarray]
 
 
 def fit_scaler(x: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and std over the real (unpadded) time steps of every series."""
-    real = x[mask]  # (total steps, channels)
+    """Per-channel mean and std (float64) over the real (unpadded) time steps of every series."""
+    real = x[mask].astype(np.float64)  # (total steps, channels); float32 sums and squares overflow
     mean, std = real.mean(0), real.std(0)
     return mean, np.where(std > 0, std, 1.0)
+
+
+def standardize(x: np.ndarray, mask: np.ndarray, mean: np.ndarray, std: np.ndarray, where: str) -> np.ndarray:
+    """(n, L, C) -> (n, L, C) float32: (x - mean) / std at real steps, 0 at padding, computed in float64.
+
+    A value far outside the statistics' spread (a dimension nearly constant in the training
+    part) can standardise past what float32 training survives: an error naming the series.
+    """
+    z = np.where(mask[..., None], (x.astype(np.float64) - mean) / std, 0.0)
+    bad = beyond(z, F32_SQUARE_MAX)
+    if bad.any():
+        i, step, c = (int(a[0]) for a in np.nonzero(bad))
+        raise UEADataError(
+            f"{where}: {int(bad.sum())} standardised value(s) exceed {F32_SQUARE_MAX:.2g} in magnitude (float32 "
+            f"training squares them into inf); first at series {i}, dimension {c}, step {step}: ({x[i, step, c]:g} "
+            f"- mean {mean[c]:g}) / std {std[c]:g}. The dimension is nearly constant in the training part; "
+            f"fix the data or pass task.standardize=false."
+        )
+    return z.astype(np.float32)
 
 
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -121,12 +169,16 @@ class UEADataModule(L.LightningDataModule):
         self.batch_size, self.num_workers = batch_size, num_workers
         train, test = read_ts(Path(train_path), nan_policy), read_ts(Path(test_path), nan_policy)
         if train.channels != test.channels:
-            raise ValueError(f"{name}: TRAIN has {train.channels} dimensions but TEST has {test.channels}; "
+            raise UEADataError(f"{name}: TRAIN has {train.channels} dimensions but TEST has {test.channels}; "
                              f"the two files do not belong to the same dataset")
-        self.classes = sorted(set(train.labels))
-        unknown = sorted(set(test.labels) - set(self.classes))
+        self.classes = sorted({str(c) for c in train.labels})  # plain str: they are printed and recorded
+        unknown = sorted({str(c) for c in test.labels} - set(self.classes))
         if unknown:
-            raise ValueError(f"{name}: TEST has labels never seen in TRAIN: {unknown}")
+            raise UEADataError(
+                f"{name}: TEST has labels never seen in TRAIN: {', '.join(map(repr, unknown))} (TRAIN's classes: "
+                f"{', '.join(map(repr, self.classes[:30]))}{', ...' if len(self.classes) > 30 else ''}). "
+                f"Check that the two files belong to the same dataset (fetch them again if they should)."
+            )
         self.max_len = max(len(v) for v in train.values + test.values)
         self.n_channels = train.channels
         self._train, self._test = train, test
@@ -153,8 +205,7 @@ class UEADataModule(L.LightningDataModule):
             scalers = {k: fit_scaler(x, m) if self.standardize else None for k, (x, m, _) in parts.items()}
         for split, (x, m, y) in parts.items():
             if scalers[split] is not None:
-                mean, std = scalers[split]
-                x = np.where(m[..., None], (x - mean) / std, 0.0).astype(np.float32)
+                x = standardize(x, m, *scalers[split], where=f"{self.name} ({split} part)")
             ds = TensorDataset(torch.from_numpy(x), torch.from_numpy(m), torch.from_numpy(y).long())
             setattr(self, f"{split}_set", ds)
         log.info("%s: %d train / %d val / %d test series, %d channels, length <= %d, %d classes (protocol %s)",

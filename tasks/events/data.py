@@ -6,7 +6,10 @@ times, 0-based integer marks in ``[0, num_marks)``, and an observation window
 its events *and* of seeing no further event in ``(t_last, t_end]`` (the survival term).
 
 Bad input raises :class:`EventDataError` (a ``ValueError``) naming the sequence and what
-to do; nothing is silently repaired. Two documented options relax the checks:
+to do; nothing is silently repaired. Times are float64 here but enter the model in float32
+(``collate``), so beyond order and finiteness a window must span at most float32's largest
+value (3.4e38) and every inter-event time must be at least its smallest normal one
+(1.2e-38), which would otherwise become an infinite time or a zero gap. Two documented options relax the checks:
 ``tie_eps`` (replace zero inter-event times by a small positive gap) and ``drop_empty``
 (drop sequences without events).
 """
@@ -17,9 +20,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from aaren_bench.data.checks import F32_MAX
 from aaren_bench.errors import DataError
 
 __all__ = ["EventDataError", "EventSeqs", "collate", "split_sequences"]
+
+F32_TINY = float(np.finfo(np.float32).tiny)  # 1.2e-38: a smaller positive gap is 0 or subnormal in float32
 
 
 class EventDataError(DataError):
@@ -110,12 +116,20 @@ class EventSeqs:
             if m.shape != t.shape:
                 raise EventDataError(f"{where}: {t.shape[0]} times but {m.shape[0]} marks")
             if not np.all(np.isfinite(t)):
-                raise EventDataError(f"{where}: times contain NaN or infinity")
+                i = int(np.argmax(~np.isfinite(t)))
+                raise EventDataError(
+                    f"{where}: event {i} has the time {float(t[i])!r}; times must be finite numbers "
+                    f"({int((~np.isfinite(t)).sum())} NaN/inf time(s) in this sequence). Fix or remove those events."
+                )
+            for name, v in (("start", t_start[s]), ("end", t_end[s] if t_end_given else 0.0)):
+                if not np.isfinite(v):
+                    raise EventDataError(f"{where}: the window {name} is {float(v)!r}; it must be a finite number")
             if not np.issubdtype(m.dtype, np.integer):
                 if not np.all(np.mod(m, 1) == 0):
                     raise EventDataError(f"{where}: marks must be integers, got {m.dtype} values such as {m[:3]}")
             m = m.astype(np.int64)
-            gaps = np.diff(t)
+            with np.errstate(over="ignore"):
+                gaps = np.diff(t)  # finite times can still differ by more than float64 holds
             if np.any(gaps < 0):
                 i = int(np.argmax(gaps < 0)) + 1
                 raise EventDataError(
@@ -131,12 +145,28 @@ class EventSeqs:
                         "(dataset.tie_eps=1e-6) to separate tied events by that gap."
                     )
                 t = _separate_ties(t, tie_eps)
+                gaps = np.diff(t)
+            if np.any(gaps < F32_TINY):
+                i = int(np.argmax(gaps < F32_TINY)) + 1
+                raise EventDataError(
+                    f"{where}: events {i - 1} and {i} are {float(gaps[i - 1]):.3g} apart, below float32's smallest "
+                    f"normal number {F32_TINY:.3g}: the gap becomes 0 in training (zero density). Rescale the times "
+                    "(e.g. to coarser units) or pass tie_eps=<small gap> (dataset.tie_eps) to separate such events."
+                )
             if t_start[s] > t[0]:
                 raise EventDataError(f"{where}: the first event t={t[0]!r} is before the window start {t_start[s]!r}")
             if not t_end_given:
                 t_end[s] = t[-1]
             elif t_end[s] < t[-1]:
                 raise EventDataError(f"{where}: the last event t={t[-1]!r} is after the window end {t_end[s]!r}")
+            with np.errstate(over="ignore"):
+                span = t_end[s] - t_start[s]
+            if not span <= F32_MAX:
+                raise EventDataError(
+                    f"{where}: the window [{t_start[s]:.3g}, {t_end[s]:.3g}] spans {span:.3g} time units, beyond "
+                    f"float32's range {F32_MAX:.3g}: event times and gaps would become inf in training. Rescale the "
+                    "times (e.g. to coarser units, or relative to the window start)."
+                )
             times[s], marks[s] = t, m
             keep.append(s)
         if not keep:

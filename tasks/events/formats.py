@@ -20,6 +20,9 @@
 
 THP and EasyTPP files carry no window end: the window is [0, last event], so the survival
 term of the last interval is log S(0) = 0 for them.
+
+A file that is not of its format at all (binary noise, an HTML page, a truncated archive)
+raises :class:`EventDataError` naming the file and saying how to get a good copy.
 """
 from __future__ import annotations
 
@@ -28,10 +31,12 @@ import logging
 import os
 import pickle
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from aaren_bench.data.checks import refetch_hint
 from tasks.events.data import EventDataError, EventSeqs
 
 log = logging.getLogger(__name__)
@@ -52,13 +57,24 @@ class PickleNotTrusted(EventDataError):
 
 def _load_npz(path, trust_pickle: bool, what: str) -> dict:
     """Every array of an ``.npz``; object arrays (pickles) only when the user trusts the file."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if not head.startswith(b"PK"):  # np.load would take anything else for a pickle
+        kind = "a single .npy array" if head.startswith(b"\x93NUMPY") else f"not a zip archive (it starts with {head!r})"
+        raise _unreadable(path, f"an .npz file is a zip archive of arrays, but this one is {kind}")
     try:
         with np.load(path, allow_pickle=trust_pickle) as z:
             return {k: z[k] for k in z.files}
     except ValueError as e:
         if "allow_pickle" in str(e):
             raise _pickle_refusal(path, what) from e
-        raise
+        raise _unreadable(path, f"{type(e).__name__}: {e}") from e
+    except (zipfile.BadZipFile, OSError, EOFError) as e:  # truncated or damaged archive
+        raise _unreadable(path, f"{type(e).__name__}: {e}") from e
+
+
+def _unreadable(path, why: str) -> EventDataError:
+    return EventDataError(f"{path} cannot be read ({why}); {refetch_hint(path, 'events')}")
 
 
 def _pickle_refusal(path, what: str) -> PickleNotTrusted:
@@ -111,6 +127,12 @@ def load_meta_tpp_npz(
                 "the masks and marks disagree"
             )
         tv, kv = times[s, :n], marks[s, :n].astype(np.int64) - 1
+        if not np.all(np.isfinite(tv)):
+            i = int(np.argmax(~np.isfinite(tv)))
+            raise EventDataError(
+                f"{path}, sequence {s}: entry {i} of 'times' is {float(tv[i])!r}; times must be finite numbers. "
+                "Fix or remove that sequence."
+            )
         if time_format == "inter":
             if np.any(tv < 0):
                 i = int(np.argmax(tv < 0))
@@ -118,7 +140,14 @@ def load_meta_tpp_npz(
             if n == 0:
                 seq_t.append(np.zeros(0)), seq_m.append(np.zeros(0, np.int64)), t_end.append(0.0)
                 continue
-            abs_t = np.cumsum(tv)
+            with np.errstate(over="ignore"):
+                abs_t = np.cumsum(tv)
+            if not np.isfinite(abs_t[-1]):
+                i = int(np.argmax(~np.isfinite(abs_t)))
+                raise EventDataError(
+                    f"{path}, sequence {s}: the inter-event times sum past float64's range at entry {i} "
+                    f"(entries up to {tv.max():.3g}); rescale the times."
+                )
             seq_t.append(abs_t[:-1])  # the last entry is the window end, not an event
             seq_m.append(kv[:-1])
             t_end.append(abs_t[-1])
@@ -164,6 +193,12 @@ def _records_to_seqs(records, source: str, num_marks: int | None, **checks) -> E
         times.append(np.asarray(seq["time_since_start"], dtype=np.float64))
         marks.append(np.asarray(seq["type_event"]))
         gaps = np.asarray(seq.get("time_since_last_event", []), dtype=np.float64)
+        if gaps.size and not np.all(np.isfinite(gaps)):
+            i = int(np.argmax(~np.isfinite(gaps)))
+            raise EventDataError(
+                f"{source}, sequence {len(times) - 1}: time_since_last_event of event {i} is {float(gaps[i])!r}; "
+                "it must be a finite number"
+            )
         if gaps.size and np.any(gaps < 0):
             raise EventDataError(f"{source}, sequence {len(times) - 1}: negative time_since_last_event {gaps.min()!r}")
     return EventSeqs.build(times, marks, t_start=0.0, t_end=None, num_marks=num_marks, source=source, **checks)
@@ -174,8 +209,11 @@ def load_thp_pickle(path, split: str | None = None, trust_pickle: bool = False, 
     if not trust_pickle:
         raise _pickle_refusal(path, "is a Python pickle")
     log.warning("unpickling %s (trusted by trust_pickle=True)", path)
-    with open(path, "rb") as f:
-        d = pickle.load(f, encoding="latin1")
+    try:
+        with open(path, "rb") as f:
+            d = pickle.load(f, encoding="latin1")
+    except Exception as e:  # unpickling garbage raises many types (UnpicklingError, EOFError, KeyError, ...)
+        raise _unreadable(path, f"not a readable Python pickle: {type(e).__name__}: {e}") from e
     if not isinstance(d, dict):
         raise EventDataError(f"{path}: expected a dict with dim_process and train/dev/test, got {type(d).__name__}")
     keys = [k for k in ("train", "dev", "test") if k in d]
@@ -193,15 +231,21 @@ def load_thp_pickle(path, split: str | None = None, trust_pickle: bool = False, 
 
 def load_easytpp_json(path, num_marks: int | None = None, **checks) -> EventSeqs:
     """Read an EasyTPP JSON file (a JSON array of records, or JSON Lines)."""
-    text = Path(path).read_text()
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        records = json.loads(text)
-    else:
-        records = [json.loads(line) for line in text.splitlines() if line.strip()]
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        if text.lstrip().startswith("["):
+            records = json.loads(text)
+        else:
+            records = [json.loads(line) for line in text.splitlines() if line.strip()]
+    except UnicodeDecodeError as e:
+        raise _unreadable(path, f"not UTF-8 text, perhaps a binary file: {e}") from e
+    except json.JSONDecodeError as e:
+        raise _unreadable(path, f"not JSON or JSON Lines: {e}") from e
     if not records:
         raise EventDataError(f"{path}: no records")
     for i, r in enumerate(records):
+        if not isinstance(r, dict):
+            raise EventDataError(f"{path}, record {i}: a {type(r).__name__}, not an object with EasyTPP's fields")
         missing = {"time_since_start", "type_event"} - set(r)
         if missing:
             raise EventDataError(f"{path}, record {i}: missing fields {sorted(missing)} (EasyTPP records need them)")
@@ -223,8 +267,8 @@ def load_ifl_npz(path, trust_pickle: bool = False, num_marks: int | None = None,
         raise EventDataError(f"{path}: no 'arrival_times' array (found {sorted(d)})")
     times = [np.asarray(t, dtype=np.float64) for t in d["arrival_times"]]
     marks = [np.asarray(m) for m in d["marks"]] if "marks" in d else None
-    if t_end == "global_max":
-        end = max((t.max() for t in times if len(t)), default=0.0)
+    if t_end == "global_max":  # over finite times: a NaN/inf time is reported for its own sequence
+        end = max((t[np.isfinite(t)].max() for t in times if np.isfinite(t).any()), default=0.0)
     elif t_end == "last":
         end = None
     else:

@@ -2,8 +2,9 @@
 
 A forecasting file is a CSV with a ``date`` column and numeric channels, the target
 (``OT``) last. :func:`read_series` returns the dates and a (T, C) float array after
-checking everything that would otherwise fail silently later: missing columns,
-unparsable or non-increasing dates, non-numeric or missing cells, and sentinel values.
+checking everything that would otherwise fail silently later: a file that is not a
+readable CSV, missing columns, unparsable or non-increasing dates, non-numeric, missing
+(NaN) or infinite cells, values beyond float32's range, and sentinel values.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from aaren_bench.data.checks import F32_MAX, refetch_hint
 from aaren_bench.errors import DataError
 
 log = logging.getLogger("aaren_bench")
@@ -42,11 +44,12 @@ def read_series(
 ) -> Series:
     """Read and check one CSV. The channel order is the file's, with ``target`` moved last (as TSLib)."""
     path = Path(path)
-    df = pd.read_csv(path)
+    df = _read_csv(path)
     if "date" not in df.columns:
         raise ForecastDataError(
             f"{path}: no 'date' column (found columns: {list(df.columns)[:10]}...). A forecasting file needs a "
-            f"'date' column followed by numeric channels (Time-Series-Library layout)."
+            f"'date' column followed by numeric channels (Time-Series-Library layout); if this is a registered "
+            f"dataset's file, it is damaged: {refetch_hint(path, 'forecast')}."
         )
     if target not in df.columns:
         raise ForecastDataError(
@@ -65,6 +68,19 @@ def read_series(
     if sentinel is not None:
         values = _handle_sentinel(values, channels, sentinel, sentinel_policy, path)
     return Series(dates=dates, values=values.astype(np.float32), columns=channels)
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    """``pd.read_csv``, with a file that is not text or not CSV reported as a :class:`ForecastDataError`."""
+    try:
+        return pd.read_csv(path)
+    except UnicodeDecodeError as e:
+        why = f"not UTF-8 text, perhaps a binary or compressed file: {e}"
+    except pd.errors.EmptyDataError as e:
+        why = f"empty: {e}"
+    except pd.errors.ParserError as e:
+        why = f"not a well-formed CSV: {e}"
+    raise ForecastDataError(f"{path} cannot be read as a CSV file ({why}); {refetch_hint(path, 'forecast')}.")
 
 
 def _parse_dates(col: pd.Series, path: Path) -> pd.DatetimeIndex:
@@ -107,6 +123,24 @@ def _numeric(df: pd.DataFrame, path: Path) -> np.ndarray:
             f"{path}: {int(nan.sum())} empty/NaN cell(s) (per column: {per_col}); first at data row {rows[0]}, "
             f"column {df.columns[cols[0]]!r}. The protocol has no imputation: fill them (e.g. interpolate in time) "
             f"before training."
+        )
+    inf = np.isinf(values)
+    if inf.any():
+        rows, cols = np.nonzero(inf)
+        per_col = {df.columns[j]: int(n) for j, n in enumerate(inf.sum(0)) if n}
+        raise ForecastDataError(
+            f"{path}: {int(inf.sum())} infinite cell(s) (inf/-inf, or a number too large for float64) "
+            f"(per column: {per_col}); first at data row {rows[0]}, column {df.columns[cols[0]]!r}: "
+            f"{values[rows[0], cols[0]]}. They are treated like NaN cells: the protocol has no imputation, "
+            f"replace them (e.g. interpolate in time) before training."
+        )
+    big = np.abs(values) > F32_MAX
+    if big.any():
+        rows, cols = np.nonzero(big)
+        raise ForecastDataError(
+            f"{path}: {int(big.sum())} cell(s) beyond float32's range (|x| > {F32_MAX:.3g}), which would become inf "
+            f"in training; first at data row {rows[0]}, column {df.columns[cols[0]]!r}: {values[rows[0], cols[0]]:g}. "
+            f"Fix those cells or rescale the column."
         )
     return values
 

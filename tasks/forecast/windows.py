@@ -17,7 +17,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from aaren_bench.data.checks import F32_SQUARE_MAX, beyond
 from aaren_bench.errors import DataError
+from tasks.forecast.frame import ForecastDataError
 
 SPLITS = ("ett_hour", "ett_minute", "ratio")
 PARTS = ("train", "val", "test")
@@ -75,7 +77,22 @@ class Scaler:
         return cls(mean=x.mean(0), std=np.where(std > 0, std, 1.0))
 
     def transform(self, x: np.ndarray) -> np.ndarray:
-        return ((x - self.mean) / self.std).astype(np.float32)
+        """(T, C) -> (T, C) float32 standardised values, computed in float64.
+
+        A value far outside the training part's spread (a channel nearly constant in training)
+        can standardise past what float32 training survives; that is an error naming the cell.
+        """
+        z = (np.asarray(x, dtype=np.float64) - self.mean) / self.std
+        bad = beyond(z, F32_SQUARE_MAX)
+        if bad.any():
+            r, c = (int(i[0]) for i in np.nonzero(bad))
+            raise ForecastDataError(
+                f"{int(bad.sum())} standardised value(s) exceed {F32_SQUARE_MAX:.2g} in magnitude (float32 training "
+                f"squares them into inf); first at row {r}, channel {c} (file order, target last): "
+                f"({x[r, c]:g} - train mean {self.mean[c]:g}) / train std {self.std[c]:g} = {z[r, c]:g}. The channel is "
+                f"nearly constant in the training part but not later; fix the file or drop the channel."
+            )
+        return z.astype(np.float32)
 
     def inverse(self, x: np.ndarray) -> np.ndarray:
         return (x * self.std + self.mean).astype(np.float32)

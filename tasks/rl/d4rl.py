@@ -14,7 +14,8 @@ A trajectory ends at every index where ``terminals`` or ``timeouts`` is set; tra
 after the last such index form a final, truncated trajectory.
 
 This file also holds the small pure functions of the protocol: return-to-go and the D4RL
-normalised score.
+normalised score, and the check that what the network is fed stays inside float32
+(:func:`check_inputs`: finite rewards can still sum to a return-to-go beyond it).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from aaren_bench.data.checks import F32_MAX, F32_SQUARE_MAX, beyond, refetch_hint
 from aaren_bench.errors import DataError
 
 REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
@@ -59,16 +61,18 @@ class Trajectory:
 def load_d4rl(path: str | Path) -> dict[str, np.ndarray]:
     """Read the five required arrays of a D4RL file and check them.
 
-    Raises :class:`D4RLFormatError` naming the file and what is wrong: a missing key, arrays
-    of different lengths, wrong ranks, or non-finite values (e.g. NaN rewards).
+    Raises :class:`D4RLFormatError` naming the file and what is wrong: not an HDF5 file (or
+    unreadable), a missing key, a key that is not a numeric array, arrays of different lengths,
+    wrong ranks, or non-finite values (e.g. NaN rewards, or values beyond float32's range).
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"D4RL file not found: {path}")
+    hint = refetch_hint(path, "rl")
     try:
         f = h5py.File(path, "r")
     except OSError as e:
-        raise D4RLFormatError(f"{path} is not a readable HDF5 file ({e}); delete it and fetch or collect it again") from e
+        raise D4RLFormatError(f"{path} is not a readable HDF5 file ({e}); {hint}") from e
     with f:
         missing = [k for k in REQUIRED_KEYS if k not in f]
         if missing:
@@ -76,19 +80,31 @@ def load_d4rl(path: str | Path) -> dict[str, np.ndarray]:
                 f"{path} is missing the D4RL key(s) {missing}; found {sorted(f.keys())}. "
                 f"A D4RL -v2 file holds {list(REQUIRED_KEYS)} (write one with `aaren-bench collect`)."
             )
-        data = {k: f[k][()] for k in REQUIRED_KEYS}
+        data = {}
+        for k in REQUIRED_KEYS:
+            if not isinstance(f[k], h5py.Dataset):
+                raise D4RLFormatError(f"{path}: {k!r} is a {type(f[k]).__name__}, not an array; {hint}")
+            try:
+                data[k] = f[k][()]
+            except OSError as e:  # a truncated or damaged file can open and fail on reading
+                raise D4RLFormatError(f"{path}: cannot read {k!r} ({e}); the file is damaged: {hint}") from e
     check_arrays(data, str(path))
-    return {
-        "observations": data["observations"].astype(np.float32, copy=False),
-        "actions": data["actions"].astype(np.float32, copy=False),
-        "rewards": data["rewards"].astype(np.float32, copy=False).reshape(-1),
-        "terminals": data["terminals"].astype(bool).reshape(-1),
-        "timeouts": data["timeouts"].astype(bool).reshape(-1),
-    }
+    with np.errstate(over="ignore"):  # values beyond float32 were refused by check_arrays
+        return {
+            "observations": data["observations"].astype(np.float32, copy=False),
+            "actions": data["actions"].astype(np.float32, copy=False),
+            "rewards": data["rewards"].astype(np.float32, copy=False).reshape(-1),
+            "terminals": data["terminals"].astype(bool).reshape(-1),
+            "timeouts": data["timeouts"].astype(bool).reshape(-1),
+        }
 
 
 def check_arrays(data: dict[str, np.ndarray], where: str = "dataset") -> None:
-    """Shapes agree (N rows everywhere), ranks are right, values are finite."""
+    """Shapes agree (N rows everywhere), ranks and dtypes are right, values are finite in float32."""
+    for k in REQUIRED_KEYS:
+        dtype = np.asarray(data[k]).dtype
+        if not (np.issubdtype(dtype, np.number) or dtype == bool):
+            raise D4RLFormatError(f"{where}: {k} has dtype {dtype}; D4RL stores numbers (float32, bool flags)")
     n = len(data["rewards"])
     lengths = {k: len(data[k]) for k in REQUIRED_KEYS}
     if len(set(lengths.values())) != 1:
@@ -102,12 +118,12 @@ def check_arrays(data: dict[str, np.ndarray], where: str = "dataset") -> None:
         if data[k].ndim != 1 and not (data[k].ndim == 2 and data[k].shape[1] == 1):
             raise D4RLFormatError(f"{where}: {k} must be 1-d (N,); got shape {data[k].shape}")
     for k in ("observations", "actions", "rewards"):
-        bad = ~np.isfinite(data[k])
+        bad = beyond(data[k], F32_MAX)
         if bad.any():
             rows = np.unique(np.nonzero(bad)[0])
             raise D4RLFormatError(
-                f"{where}: {k} holds {int(bad.sum())} non-finite value(s) (NaN or inf), first at row(s) {rows[:5].tolist()}; "
-                f"clean or regenerate the file"
+                f"{where}: {k} holds {int(bad.sum())} non-finite value(s) (NaN or inf, or beyond float32's range "
+                f"{F32_MAX:.3g}), first at row(s) {rows[:5].tolist()}; clean or regenerate the file"
             )
 
 
@@ -127,9 +143,18 @@ def split_trajectories(data: dict[str, np.ndarray]) -> list[Trajectory]:
     ]
 
 
-def returns_to_go(rewards: np.ndarray) -> np.ndarray:
-    """rtg_t = sum_{t' >= t} r_t' (undiscounted), (T,) -> (T,), accumulated in float64."""
-    return np.cumsum(rewards[::-1].astype(np.float64))[::-1].astype(np.float32)
+def returns_to_go(rewards: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    """rtg_t = sum_{t' >= t} r_t' / scale (undiscounted), (T,) -> (T,) float32, accumulated in float64.
+
+    Dividing before the cast to float32 keeps a large but representable scaled return finite;
+    :func:`check_inputs` refuses returns that still do not fit.
+    """
+    with np.errstate(over="ignore"):
+        return _returns_to_go64(rewards, scale).astype(np.float32)
+
+
+def _returns_to_go64(rewards: np.ndarray, scale: float) -> np.ndarray:
+    return np.cumsum(rewards[::-1].astype(np.float64))[::-1] / scale
 
 
 def normalized_score(env: str, ret: float | np.ndarray) -> float | np.ndarray:
@@ -141,9 +166,51 @@ def normalized_score(env: str, ret: float | np.ndarray) -> float | np.ndarray:
 
 
 def state_stats(trajs: list[Trajectory]) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and std (+1e-6) of every observation in the dataset, (obs_dim,) each."""
+    """Mean and std (+1e-6) of every observation in the dataset, (obs_dim,) each.
+
+    Computed in float64, where float32 observations cannot overflow (their squares reach 1.2e77).
+    """
     obs = np.concatenate([t.observations for t in trajs]).astype(np.float64)
     return obs.mean(0).astype(np.float32), (obs.std(0) + 1e-6).astype(np.float32)
+
+
+def normalize_states(obs: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """(T, S) -> (T, S) float32 (obs - mean) / std, computed in float64 (float32 differences overflow)."""
+    z = (obs.astype(np.float64) - mean) / std
+    with np.errstate(over="ignore"):
+        return z.astype(np.float32)
+
+
+def check_inputs(trajs: list[Trajectory], mean: np.ndarray, std: np.ndarray, rtg_scale: float, where: str) -> None:
+    """Refuse data whose network inputs or targets leave float32: scaled returns-to-go, states, actions.
+
+    Every value must stay below ``F32_SQUARE_MAX`` (1.8e19) in magnitude: the network embeds
+    them and squares the result (layer norm) or the actions themselves (MSE loss). Finite
+    rewards can break this: 3e38 twice in a trajectory sums to a return beyond float32.
+    """
+    if not (np.isfinite(rtg_scale) and rtg_scale > 0):
+        raise ValueError(f"task.rtg_scale must be a positive number, got {rtg_scale!r}")
+    for i, t in enumerate(trajs):
+        rtg = _returns_to_go64(t.rewards, rtg_scale)  # (T,)
+        bad = beyond(rtg, F32_SQUARE_MAX)
+        if bad.any():
+            step = int(np.argmax(bad))
+            raise D4RLFormatError(
+                f"{where}: the return-to-go of trajectory {i} (length {len(t)}) reaches {rtg[step]:.3g} at step "
+                f"{step} after dividing by task.rtg_scale={rtg_scale:g} (largest reward {np.abs(t.rewards).max():.3g}); "
+                f"beyond {F32_SQUARE_MAX:.2g} the network's float32 arithmetic overflows. Check the rewards in the "
+                f"file (a unit or scale error?), or raise task.rtg_scale."
+            )
+        for name, x, key in (("normalised states", normalize_states(t.observations, mean, std), "observations"),
+                             ("actions", t.actions, "actions")):
+            bad = beyond(x, F32_SQUARE_MAX)
+            if bad.any():
+                step, dim = (int(a[0]) for a in np.nonzero(bad))
+                raise D4RLFormatError(
+                    f"{where}: {name} of trajectory {i} reach {float(x[step, dim]):.3g} at step {step}, dimension "
+                    f"{dim}; beyond {F32_SQUARE_MAX:.2g} the network's float32 arithmetic overflows. Check the "
+                    f"file's {key}."
+                )
 
 
 def write_d4rl(path: str | Path, arrays: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> Path:

@@ -23,7 +23,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from aaren_bench.data import DatasetNotFound
-from tasks.rl.d4rl import D4RLFormatError, Trajectory, load_d4rl, returns_to_go, split_trajectories, state_stats
+from tasks.rl.d4rl import (
+    D4RLFormatError,
+    Trajectory,
+    check_inputs,
+    load_d4rl,
+    normalize_states,
+    returns_to_go,
+    split_trajectories,
+    state_stats,
+)
 
 log = logging.getLogger("aaren_bench")
 
@@ -59,9 +68,9 @@ class WindowDataset(Dataset):
 
     def __init__(self, trajs: list[Trajectory], mean: np.ndarray, std: np.ndarray, context_len: int, rtg_scale: float):
         self.K = context_len
-        self.states = [((t.observations - mean) / std).astype(np.float32) for t in trajs]
+        self.states = [normalize_states(t.observations, mean, std) for t in trajs]  # (T, S) each
         self.actions = [t.actions for t in trajs]
-        self.rtg = [returns_to_go(t.rewards) / rtg_scale for t in trajs]
+        self.rtg = [returns_to_go(t.rewards, rtg_scale) for t in trajs]  # (T,) each, scaled
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
         i, s = key
@@ -133,6 +142,7 @@ class RLDataModule(L.LightningDataModule):
                 f"but dataset {self.cfg.dataset.name} expects {want[0]}/{want[1]}; is it the right file?"
             )
         self.mean, self.std = state_stats(self.trajs)
+        check_inputs(self.trajs, self.mean, self.std, float(self.cfg.task.rtg_scale), str(path))
         lengths = np.array([len(t) for t in self.trajs])
         log.info("%s: %d transitions, %d trajectories (length %d-%d), obs %d, act %d", path.name,
                  lengths.sum(), len(lengths), lengths.min(), lengths.max(), self.obs_dim, self.act_dim)
