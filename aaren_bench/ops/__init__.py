@@ -18,3 +18,42 @@ __all__ = [
     "scan_reference",
     "scan_step",
 ]
+
+# the linear-attention and Mamba-2 (SSD) members of the family
+from aaren_bench.ops.linear_attn import (  # noqa: E402
+    LinearAttnState,
+    linear_attn_chunked,
+    linear_attn_init_state,
+    linear_attn_naive,
+    linear_attn_reference,
+    linear_attn_step,
+)
+from aaren_bench.ops.ssd import (  # noqa: E402
+    causal_conv1d,
+    causal_conv1d_step,
+    gated_rms_norm,
+    segsum,
+    ssd_chunked,
+    ssd_init_state,
+    ssd_naive,
+    ssd_reference,
+    ssd_step,
+)
+
+__all__ += [
+    "LinearAttnState",
+    "causal_conv1d",
+    "causal_conv1d_step",
+    "gated_rms_norm",
+    "linear_attn_chunked",
+    "linear_attn_init_state",
+    "linear_attn_naive",
+    "linear_attn_reference",
+    "linear_attn_step",
+    "segsum",
+    "ssd_chunked",
+    "ssd_init_state",
+    "ssd_naive",
+    "ssd_reference",
+    "ssd_step",
+]
