@@ -1,7 +1,21 @@
 """Backbones: Aaren and a Transformer built from one shared block around a registered mixer."""
-from aaren_bench.nn.backbone import Backbone, BackboneState, Block, build_backbone, state_nbytes
+from aaren_bench.nn.backbone import (
+    Backbone,
+    BackboneState,
+    Block,
+    build_backbone,
+    state_nbytes,
+)
 from aaren_bench.nn.embed import sinusoidal
-from aaren_bench.nn.mixers import MIXERS, AarenMixer, KVCache, SelfAttention, mixer_factory, register_mixer
+from aaren_bench.nn.family import LinearAttentionMixer, Mamba2Mixer  # noqa: E402  (registers linear_attn, mamba2)
+from aaren_bench.nn.mixers import (
+    MIXERS,
+    AarenMixer,
+    KVCache,
+    SelfAttention,
+    mixer_factory,
+    register_mixer,
+)
 
 __all__ = [
     "MIXERS",

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from aaren_bench.nn.mixers import register_mixer
 from aaren_bench.ops.linear_attn import (
     LinearAttnState,
     linear_attn_chunked,
@@ -79,6 +80,7 @@ def attention_mixer_params(d_model: int) -> int:
 # --------------------------------------------------------------------------------------
 
 
+@register_mixer("linear_attn")
 class LinearAttentionMixer(nn.Module):
     """Causal linear attention, phi(x) = elu(x) + 1, one state (S, z) per head.
 
@@ -202,6 +204,7 @@ class Mamba2State:
         return sum(t.numel() * t.element_size() for t in (self.ssm, self.conv))
 
 
+@register_mixer("mamba2")
 class Mamba2Mixer(nn.Module):
     """The Mamba-2 layer (mamba_ssm.modules.mamba2 with its defaults: ngroups 1, kernel 4, no
     projection biases, conv bias, gated RMSNorm after the gate), in plain torch.
