@@ -24,6 +24,8 @@ __all__ = [
     "BackboneState",
     "Block",
     "KVCache",
+    "LinearAttentionMixer",
+    "Mamba2Mixer",
     "SelfAttention",
     "build_backbone",
     "mixer_factory",
