@@ -162,8 +162,9 @@ def make_callbacks(cfg: DictConfig, run_dir: Path, task: Task) -> list:
     if every:  # last.ckpt also every N minutes of training, so a kill loses at most N minutes
         cbs.append(ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), monitor=None, save_top_k=0, save_last=True,
                                    train_time_interval=timedelta(minutes=float(every)), enable_version_counter=False))
-    if cfg.task.get("patience") and sel:
-        cbs.append(EarlyStopping(monitor=sel.metric, mode=sel.mode, patience=cfg.task.patience))
+    stop = task.early_stopping(cfg)
+    if stop:
+        cbs.append(EarlyStopping(monitor=stop.metric, mode=stop.mode, patience=cfg.task.patience))
     return cbs
 
 
@@ -332,6 +333,7 @@ def _run(cfg: DictConfig, cell: Cell, overrides: list[str], run_dir: Path, debug
             "config": OmegaConf.to_container(cfg, resolve=True),
             "command": " ".join(sys.argv),
         }
+        record.update(task.record_extras(cfg, datamodule, module))
         bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
         if primary not in metrics:
             bad[primary] = "not logged"

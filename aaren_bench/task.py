@@ -64,6 +64,22 @@ class Task:
         monitor = cfg.task.get("monitor")
         return Selection(str(monitor), str(cfg.task.get("monitor_mode", "min"))) if monitor else None
 
+    def early_stopping(self, cfg) -> Selection | None:
+        """The metric that stops training early (``task.early_stop_monitor``, default: the selection
+        metric; Meta TPP checkpoints on one metric and stops on another); None without ``task.patience``."""
+        if not cfg.task.get("patience"):
+            return None
+        monitor = cfg.task.get("early_stop_monitor")
+        if monitor:
+            return Selection(str(monitor), str(cfg.task.get("early_stop_mode", "min")))
+        return self.selection(cfg)
+
+    def record_extras(self, cfg, datamodule: Any, module: Any) -> dict:
+        """Task-specific entries of the result record (e.g. where the data came from, an evaluation
+        curve). The default: the datamodule's ``data_source`` when it has one."""
+        source = getattr(datamodule, "data_source", None)
+        return {"data_source": source} if source else {}
+
 
 def load_task(name: str) -> Task:
     """The ``TASK`` of ``tasks.<name>``."""
