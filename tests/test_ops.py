@@ -259,6 +259,65 @@ def test_step_chaining_equals_scan(masked):
     assert_same_state(state, st_full, **TOL[torch.float64])
 
 
+@pytest.mark.parametrize("scale", [1.0, 100.0, 1e4], ids=lambda x: f"scale{x:g}")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+@pytest.mark.parametrize("split", [0, 1, 17, 39], ids=lambda k: f"split{k}")
+@pytest.mark.parametrize("masked", [False, True], ids=["nomask", "masked"])
+def test_initial_state_continues_the_scan(masked, split, dtype, scale):
+    """scan(head, return_state) then scan(tail, initial_state): the outputs, final state and
+    every input gradient of one scan over all tokens, at any score scale."""
+    B, H, N, D = 3, 2, 40, 4
+    s, v, mask = make_inputs(B, H, N, D, scale, dtype, masked)
+    cut = lambda m, a, b: None if m is None else m[:, a:b]  # noqa: E731
+    w = torch.randn(B, H, N, D, generator=torch.Generator().manual_seed(2), dtype=torch.float64).to(dtype)
+
+    def full(s, v):
+        return scan(s, v, mask, chunk=8, return_state=True)
+
+    def parts(s, v):
+        o1, st = scan(s[:, :, :split], v[:, :, :split], cut(mask, 0, split), chunk=8, return_state=True)
+        tail = cut(mask, split, N)
+        o2, st = scan(s[:, :, split:], v[:, :, split:], tail, chunk=8, return_state=True, initial_state=st)
+        return torch.cat([o1, o2], 2), st
+
+    results = []
+    for fn in (full, parts):
+        s_, v_ = s.detach().clone().requires_grad_(), v.detach().clone().requires_grad_()
+        o, st = fn(s_, v_)
+        loss = (o * w).sum() + st.a.sum() + st.c.sum()
+        results.append((o, st, *torch.autograd.grad(loss, (s_, v_))))
+    (o1, st1, ds1, dv1), (o2, st2, ds2, dv2) = results
+    tol = TOL[dtype]
+    torch.testing.assert_close(o2, o1, **tol)
+    assert_same_state(st2, st1, **tol)
+    torch.testing.assert_close(dv2, dv1, **tol)
+    torch.testing.assert_close(ds2, ds1, **{**tol, "atol": tol["atol"] * max(1.0, scale)})
+
+
+def test_reference_from_an_initial_state_and_gradcheck():
+    """scan_reference from a state agrees; finite differences reach the state itself."""
+    s, v, mask = make_inputs(2, 1, 9, 2, 2.0, torch.float64, masked=True)
+    f64 = dict(dtype=torch.float64)
+    st = ScanState(torch.tensor([[0.5], [-1.0]], **f64), torch.tensor([[1.5], [2.0]], **f64), torch.randn(2, 1, 2, **f64))
+    o, st_out = scan(s, v, mask, chunk=2, return_state=True, initial_state=st)
+    o_ref, st_ref = scan_reference(s, v, mask, return_state=True, initial_state=st)
+    torch.testing.assert_close(o, o_ref, **TOL[torch.float64])
+    assert_same_state(st_out, st_ref, **TOL[torch.float64])
+    s.requires_grad_()
+    v.requires_grad_()
+
+    def f(s, v, m0, c0, a0):
+        return scan(s, v, mask, chunk=2, initial_state=ScanState(m0, c0, a0))
+
+    args = (s, v, *(t.clone().requires_grad_() for t in st))
+    assert torch.autograd.gradcheck(f, args, fast_mode=True)
+
+
+def test_state_reports_its_size():
+    st = init_state(2, 3, 4)
+    assert st.nbytes() == (2 * 3 + 2 * 3 + 2 * 3 * 4) * 4
+
+
 def test_init_state_is_the_empty_prefix():
     st = init_state(2, 3, 4, dtype=torch.bfloat16)
     assert st.m.dtype == torch.float32 and torch.isneginf(st.m).all()
@@ -280,9 +339,25 @@ def test_bad_shapes_have_clear_errors():
         scan(s, v, chunk=0)
 
 
-def test_empty_sequence():
-    o, st = scan(torch.randn(2, 1, 0), torch.randn(2, 1, 0, 3), return_state=True)
+@pytest.mark.parametrize("impl", list(ALL))
+def test_empty_sequence(impl):
+    """N = 0: an empty output that backward accepts (gradients of the right, empty shape)."""
+    s = torch.randn(2, 1, 0, requires_grad=True)
+    v = torch.randn(2, 1, 0, 3, requires_grad=True)
+    o = ALL[impl](s, v, torch.ones(2, 0, dtype=torch.bool))
+    assert o.shape == (2, 1, 0, 3) and o.dtype == v.dtype
+    o.sum().backward()
+    assert s.grad.shape == s.shape and v.grad.shape == v.shape
+
+
+@pytest.mark.parametrize("impl", ["fast", "reference"])
+def test_empty_sequence_keeps_the_state(impl):
+    fn = scan if impl == "fast" else scan_reference
+    o, st = fn(torch.randn(2, 1, 0), torch.randn(2, 1, 0, 3), return_state=True)
     assert o.shape == (2, 1, 0, 3) and torch.isneginf(st.m).all()
+    given = ScanState(torch.randn(2, 1), torch.rand(2, 1) + 1, torch.randn(2, 1, 3))
+    _, st = fn(torch.randn(2, 1, 0), torch.randn(2, 1, 0, 3), return_state=True, initial_state=given)
+    assert all(torch.equal(a, b) for a, b in zip(st, given))
 
 
 @requires_cuda
