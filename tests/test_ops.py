@@ -339,9 +339,25 @@ def test_bad_shapes_have_clear_errors():
         scan(s, v, chunk=0)
 
 
-def test_empty_sequence():
-    o, st = scan(torch.randn(2, 1, 0), torch.randn(2, 1, 0, 3), return_state=True)
+@pytest.mark.parametrize("impl", list(ALL))
+def test_empty_sequence(impl):
+    """N = 0: an empty output that backward accepts (gradients of the right, empty shape)."""
+    s = torch.randn(2, 1, 0, requires_grad=True)
+    v = torch.randn(2, 1, 0, 3, requires_grad=True)
+    o = ALL[impl](s, v, torch.ones(2, 0, dtype=torch.bool))
+    assert o.shape == (2, 1, 0, 3) and o.dtype == v.dtype
+    o.sum().backward()
+    assert s.grad.shape == s.shape and v.grad.shape == v.shape
+
+
+@pytest.mark.parametrize("impl", ["fast", "reference"])
+def test_empty_sequence_keeps_the_state(impl):
+    fn = scan if impl == "fast" else scan_reference
+    o, st = fn(torch.randn(2, 1, 0), torch.randn(2, 1, 0, 3), return_state=True)
     assert o.shape == (2, 1, 0, 3) and torch.isneginf(st.m).all()
+    given = ScanState(torch.randn(2, 1), torch.rand(2, 1) + 1, torch.randn(2, 1, 3))
+    _, st = fn(torch.randn(2, 1, 0), torch.randn(2, 1, 0, 3), return_state=True, initial_state=given)
+    assert all(torch.equal(a, b) for a, b in zip(st, given))
 
 
 @requires_cuda

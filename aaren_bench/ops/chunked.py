@@ -30,17 +30,46 @@ reversed block summaries, with scores -min m over the block), again with every w
 bounded. Only s, v, o and the per-position (m, lam) are kept for backward; nothing of
 size N x N, and the C x C block matrix is recomputed.
 
+Why a non-finite input cannot leak backwards in time. The caller
+(:func:`aaren_bench.ops.scan.scan`) hands over clean input: scores finite or -inf,
+values finite (bad tokens taken out by selection; it writes NaN over their tail
+afterwards). On such input every number formed here is finite or -inf, and -inf only
+meets exp (giving an exact 0), max and logaddexp, never inf - inf or 0 * inf. Output k is
+then a function of the tokens <= k alone, in every bit: the entries above the diagonal of
+W are removed by ``tril_`` (a selection, whatever exp gave there), so a later token only
+ever enters as an exact 0 times a finite value, in P @ v and, one level up, in the
+summaries' products, which cannot change a nonzero sum; the running max and the
+log-sums are prefix operations. Backward mirrors this: with a zero upstream gradient
+from position p on (a loss that reads only outputs before p), rows k >= p add exact zeros
+inside their blocks, and a later block whose [S, sigma] is all zero is taken out of the
+suffix scan (score -inf) instead of sharing its normalisation, so the gradients before
+p do not depend on the scores after p either, not even in the last bit.
+
 ``lam`` is an output too (continuing a scan from an earlier state needs each position's
 log-sum-exp). Its gradient is taken with m held fixed: d(m_k + lam_k)/ds_i = p_ki, so an
 upstream dlam only changes delta to delta - dlam in the formula for ds.
+
+Mixed precision: :class:`ChunkedScan` turns autocast off in forward and backward and
+casts the incoming gradient to the saved dtype (see its docstring).
 """
 from __future__ import annotations
+
+import contextlib
 
 import torch
 from torch import Tensor
 
 NEG_INF = float("-inf")
 POS_INF = float("inf")
+
+
+def autocast_off(t: Tensor):
+    """A context with autocast off for t's device type (nothing to do where it is off)."""
+    try:
+        on = torch.is_autocast_enabled(t.device.type)
+    except RuntimeError:  # a device type autocast does not know
+        on = False
+    return torch.autocast(t.device.type, enabled=False) if on else contextlib.nullcontext()
 
 
 def _pad_to(t: Tensor, length: int, dim: int, value: float) -> Tensor:
@@ -125,9 +154,11 @@ def scan_core(s: Tensor, v: Tensor, chunk: int, lo: Tensor | None = None) -> tup
 
 
 def scan_core_backward(
-    s: Tensor, v: Tensor, o: Tensor, m: Tensor, lam: Tensor, do: Tensor, chunk: int, dlam: Tensor | None = None
+    s: Tensor, v: Tensor, o: Tensor, m: Tensor, lam: Tensor, do: Tensor, chunk: int,
+    dlam: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """Gradients (ds (B, H, N), dv (B, H, N, D)) of ``scan_core``'s o (and lam, m fixed) for upstream do (, dlam)."""
+    """Gradients (ds (B, H, N), dv (B, H, N, D)) of ``scan_core``'s o (and lam, m held
+    fixed) for upstream do (and dlam)."""
     B, H, N, D = v.shape
     C = min(max(chunk, 2), N)
     J = -(-N // C)
@@ -155,8 +186,11 @@ def scan_core_backward(
         S = (w[..., None, :] @ dob).squeeze(-2)  # (B, H, J, D)
         sigma = (w * deltab).sum(-1, keepdim=True)  # (B, H, J, 1)
         # = exp(s_i) sum_{blocks j' > j} exp(-m_first_j') [S, sigma]_j': a scan from the end
-        vals = torch.cat([S, sigma], dim=-1).flip(-2).contiguous()  # (B, H, J, D + 1)
-        o_suf, m_suf, lam_suf = scan_core((-m_first).flip(-1).contiguous(), vals, chunk)
+        vals = torch.cat([S, sigma], dim=-1)  # (B, H, J, D + 1)
+        # a block with all-zero [S, sigma] adds exactly nothing: leave it out of the scan
+        # (score -inf) rather than let its score reshape the others' normalisation
+        score = (-m_first).masked_fill((vals == 0).all(-1), NEG_INF)
+        o_suf, m_suf, lam_suf = scan_core(score.flip(-1).contiguous(), vals.flip(-2).contiguous(), chunk)
         o_x = _shift_left(o_suf.flip(-2), -2, 0.0)  # blocks after j only
         m_x = _shift_left(m_suf.flip(-1), -1, NEG_INF)[..., None]  # (B, H, J, 1)
         lam_x = _shift_left(lam_suf.flip(-1), -1, NEG_INF)[..., None]
@@ -172,15 +206,29 @@ def scan_core_backward(
 
 
 class ChunkedScan(torch.autograd.Function):
-    """(s, v) -> (o, lam) with the exact backward above; s masked, both float32 or float64.
+    """(s, v) -> (o, lam) with the exact backward above; s, v clean (scores finite or -inf,
+    values finite), both float32 or float64.
 
     lam (B, H, N) is relative to the running max of s (``torch.cummax``), which the caller
     takes without gradient: lam's gradient is that of m + lam.
+
+    Mixed precision. Forward and backward run with autocast off for the inputs' device,
+    and backward casts the incoming gradient to the dtype of the saved tensors. Under
+    autocast the block products would otherwise run in bf16/fp16, o would come out in
+    half precision, and backward would get a half gradient against float32 saved tensors
+    (the crash under ``precision=bf16-mixed``). ``torch.amp.custom_fwd(cast_inputs=
+    torch.float32)`` with ``custom_bwd`` would also do it, but binds one device type per
+    decoration: this Function runs on the CPU and on CUDA, and a CUDA-bound decorator
+    leaves a CPU autocast region on (and the reverse). The scan's accuracy argument (every
+    weight <= 1, sums in float32) also wants float32 math whatever the region, as autocast
+    itself keeps softmax and log-sum-exp in float32; turning autocast off says exactly that,
+    for any device, and keeps float64 inputs in float64.
     """
 
     @staticmethod
     def forward(ctx, s: Tensor, v: Tensor, chunk: int):
-        o, m, lam = scan_core(s, v, chunk)
+        with autocast_off(v):
+            o, m, lam = scan_core(s, v, chunk)
         ctx.save_for_backward(s, v, o, m, lam)
         ctx.chunk = chunk
         ctx.set_materialize_grads(False)
@@ -190,6 +238,8 @@ class ChunkedScan(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, do: Tensor | None, dlam: Tensor | None):
         s, v, o, m, lam = ctx.saved_tensors
-        do = torch.zeros_like(o) if do is None else do.contiguous()
-        ds, dv = scan_core_backward(s, v, o, m, lam, do, ctx.chunk, dlam)
+        do = torch.zeros_like(o) if do is None else do.to(o.dtype).contiguous()
+        dlam = None if dlam is None else dlam.to(o.dtype)
+        with autocast_off(v):
+            ds, dv = scan_core_backward(s, v, o, m, lam, do, ctx.chunk, dlam)
         return ds, dv, None

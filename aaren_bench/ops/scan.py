@@ -26,15 +26,43 @@ Four implementations of the same function, from the most readable to the fastest
 streaming form; ``scan(..., initial_state=state)`` continues a whole block from a state
 (the outputs are those of one scan over the earlier tokens followed by these). Every
 function accumulates half-precision inputs in float32.
+
+Non-finite input. A token *takes no part* when it is masked or its score is -inf: its
+weight is exactly 0, its value is never read (NaN or inf there changes nothing) and its
+gradients are exactly 0. Any other token is *bad* when its score is NaN or +inf or one
+of its values is not finite. The outputs at and after a bad token (per batch row and
+head) are NaN, and so is the state after it (a NaN initial state spoils every output
+of the scan that continues it); nothing before it changes. Every
+implementation first cleans its input by selection, never by multiplying with a zero
+weight (bad tokens get score -inf like masked ones, non-finite values become 0), computes
+on finite numbers only, and then writes NaN over the spoiled tail. So the outputs before
+the first bad token are the clean prefix's, bit for bit, and no NaN ever meets a zero
+weight. Backward: a zero upstream gradient at a spoiled output passes nothing, so a loss
+that ignores those outputs gets exactly the clean prefix's gradients; any other upstream
+gradient there is charged, as NaN, to the score and value of the bad tokens of that row
+and to nothing else (masked tokens keep gradient 0), so an optimizer step on a NaN loss is
+poisoned as visibly as the loss.
+
+Mixed precision. Every function turns autocast off inside and computes in float32
+(float64 stays float64) whatever the input dtype or autocast region, as autocast itself
+does for softmax and log-sum-exp; o comes back in v's dtype. Call backward after the
+autocast region, as torch recommends (the references' autograd backward would otherwise
+run its products in half; the fast scan's hand-written backward turns autocast off
+itself). Why explicit, not ``torch.amp.custom_fwd``: see
+:class:`aaren_bench.ops.chunked.ChunkedScan`.
+
+N = 0 gives an empty output joined to the graphs of s and v, so backward runs.
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
-from aaren_bench.ops.chunked import ChunkedScan
+from aaren_bench.ops.chunked import ChunkedScan, autocast_off
 
 __all__ = [
     "ScanState",
@@ -46,6 +74,9 @@ __all__ = [
     "scan_step",
 ]
 
+NAN = float("nan")
+NEG_INF = float("-inf")
+
 
 class ScanState(NamedTuple):
     """State of the recurrence after some prefix.
@@ -53,6 +84,8 @@ class ScanState(NamedTuple):
     m: (B, H) running max of the scores (-inf before any valid token)
     c: (B, H) sum of exp(s_i - m)
     a: (B, H, D) sum of exp(s_i - m) v_i
+
+    After a bad token (see the module docstring) all three are NaN.
     """
 
     m: Tensor
@@ -82,13 +115,13 @@ def _check(s: Tensor, v: Tensor, mask: Tensor | None) -> None:
         )
 
 
-def _masked_scores(s: Tensor, mask: Tensor | None, dtype: torch.dtype) -> Tensor:
-    s = s.to(dtype)
-    if mask is None:
-        return s
-    if mask.dim() == 2:
-        mask = mask[:, None, :]
-    return s.masked_fill(~mask.bool(), float("-inf"))
+def _check_state(state: ScanState, v: Tensor) -> None:
+    B, H, _, D = v.shape
+    if state.m.shape != (B, H) or state.c.shape != (B, H) or state.a.shape != (B, H, D):
+        raise ValueError(
+            f"initial_state must hold m, c (B, H) = {(B, H)} and a (B, H, D) = {(B, H, D)}; got "
+            f"m {tuple(state.m.shape)}, c {tuple(state.c.shape)}, a {tuple(state.a.shape)}"
+        )
 
 
 def _safe_ref(m: Tensor) -> Tensor:
@@ -96,20 +129,153 @@ def _safe_ref(m: Tensor) -> Tensor:
     return torch.where(torch.isneginf(m), torch.zeros_like(m), m)
 
 
-def _check_state(state: ScanState, v: Tensor) -> ScanState:
-    """The initial state for values v (B, H, N, D), in the accumulation dtype."""
-    B, H, _, D = v.shape
-    if state.m.shape != (B, H) or state.c.shape != (B, H) or state.a.shape != (B, H, D):
-        raise ValueError(
-            f"initial_state must hold m, c (B, H) = {(B, H)} and a (B, H, D) = {(B, H, D)}; got "
-            f"m {tuple(state.m.shape)}, c {tuple(state.c.shape)}, a {tuple(state.a.shape)}"
-        )
-    return ScanState(*(t.to(_acc_dtype(v.dtype)) for t in state))
-
-
 def _divide(num: Tensor, den: Tensor) -> Tensor:
     """num / den with 0 where den == 0 (then num == 0 too: no valid token yet)."""
     return num / torch.where(den > 0, den, torch.ones_like(den))[..., None]
+
+
+def _empty(s: Tensor, v: Tensor) -> Tensor:
+    """The output for N = 0, (B, H, 0, D), joined to the graphs of s and v (backward runs)."""
+    return (s[..., None] * v).to(v.dtype)
+
+
+def _empty_result(s: Tensor, v: Tensor, return_state: bool, initial_state: ScanState | None):
+    """What a scan over no tokens returns: no outputs, and the state it started from."""
+    o = _empty(s, v)
+    if not return_state:
+        return o
+    B, H, _, D = v.shape
+    if initial_state is None:
+        return o, init_state(B, H, D, v.device, v.dtype)
+    return o, ScanState(*(t.to(_acc_dtype(v.dtype)) for t in initial_state))
+
+
+# --------------------------------------------------------------------------------------
+# Non-finite input: clean first, then spoil the tail (see the module docstring)
+# --------------------------------------------------------------------------------------
+
+
+def _may_have(flags: Tensor) -> bool:
+    """Whether any flag may be set. On the CPU this looks (cheap, and it saves a full pass
+    over the values when none is); on an accelerator it says True without looking: looking
+    costs a host sync there, the pass it would save almost nothing."""
+    return flags.device.type != "cpu" or bool(flags.any())
+
+
+def _lead(mask: Tensor, like: Tensor) -> Tensor:
+    """``mask`` over the leading dims of ``like``, viewed to broadcast over the rest."""
+    return mask.view(*mask.shape, *([1] * (like.dim() - mask.dim())))
+
+
+def _finite_rows(v: Tensor) -> Tensor:
+    """(..., D) -> (...): whether every value of the row is finite.
+
+    NaN and +-inf survive a sum, so a finite row sum proves a finite row: one cheap
+    reduction decides on the CPU. Only when some sum is not finite (a NaN or inf, or a sum
+    of huge finite values that overflowed) does the exact test (max and min) run.
+    """
+    if not v.shape[-1]:
+        return torch.ones(v.shape[:-1], dtype=torch.bool, device=v.device)
+    ok = torch.isfinite(v.sum(-1))
+    if _may_have(~ok):
+        ok = torch.isfinite(v.amax(-1)) & torch.isfinite(v.amin(-1))
+    return ok
+
+
+class _Clean(NamedTuple):
+    s: Tensor  # (B, H, N) scores; -inf at every token that takes no part, bad ones included
+    v: Tensor  # (B, H, N, D) values, finite everywhere
+    start: ScanState | None  # the initial state; the empty one where it was spoiled
+    spoiled: Tensor | None  # (B, H, N) at or after a bad token; None: nowhere (known on the CPU)
+    blame: list[tuple[Tensor, Tensor]]  # (culprits, source) pairs for _spoil
+
+
+def _clean(
+    s: Tensor, v: Tensor, mask: Tensor | None, dtype: torch.dtype, start: ScanState | None = None
+) -> _Clean:
+    """Scores, values and initial state in ``dtype``, with nothing non-finite left to read.
+
+    Out: masked tokens and tokens scored -inf (weight exactly 0). Bad: the other tokens with
+    a NaN or +inf score or a non-finite value. Both get score -inf (masked_fill, so their
+    score gradient is exactly 0) and every non-finite value becomes 0 (it belongs to an out
+    or a bad token, whose value is never read). A spoiled (NaN) ``start`` becomes the empty
+    state and spoils every position. Only selections: no 0 * NaN anywhere.
+    """
+    s_in, v_in = s, v
+    s, v = s.to(dtype), v.to(dtype)
+    v_finite = _finite_rows(v)  # (B, H, N)
+    out = torch.isneginf(s)
+    if mask is not None:
+        mask = mask.bool()
+        out = out | ~(mask[:, None, :] if mask.dim() == 2 else mask)
+    bad = ~out & ~(torch.isfinite(s) & v_finite)
+    s = s.masked_fill(out | bad, NEG_INF)
+    if _may_have(~v_finite):
+        v = v.masked_fill(~v_finite[..., None], 0.0)
+    spoiled, blame = None, []
+    if _may_have(bad):
+        spoiled = bad.cumsum(-1) > 0
+        blame += [(bad, s_in), (bad, v_in)]
+    if start is not None:
+        given, start = start, ScanState(*(t.to(dtype) for t in start))
+        spent = torch.isnan(start.m)  # (B, H): a spoiled state is NaN
+        if _may_have(spent):
+            start = ScanState(
+                start.m.masked_fill(spent, NEG_INF),
+                start.c.masked_fill(spent, 0.0),
+                start.a.masked_fill(spent[..., None], 0.0),
+            )
+            spoiled = spent[..., None].expand_as(s) if spoiled is None else spoiled | spent[..., None]
+            blame += [(spent, t) for t in given]
+    return _Clean(s, v, start, spoiled, blame)
+
+
+class _Spoil(torch.autograd.Function):
+    """``t`` with NaN at its ``spoiled`` rows (a bool over t's leading dims).
+
+    Backward: the upstream gradient at spoiled entries is dropped. Where one of them is
+    nonzero in a (batch, head) row, the gradient of each ``sources[j]`` is NaN at that
+    row's ``culprits[j]`` (a bool over the source's leading dims) and 0 elsewhere.
+    """
+
+    @staticmethod
+    def forward(ctx, t: Tensor, spoiled: Tensor, culprits: tuple[Tensor, ...], *sources: Tensor):
+        ctx.spoiled, ctx.culprits = spoiled, culprits
+        ctx.sources = [(x.shape, x.dtype, x.device) for x in sources]
+        return t.masked_fill(_lead(spoiled, t), NAN)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g: Tensor):
+        spoiled = _lead(ctx.spoiled, g)
+        hit = ((g != 0) & spoiled).reshape(*g.shape[:2], -1).any(-1)  # (B, H)
+        grads = []
+        for culprit, (shape, dtype, device), need in zip(ctx.culprits, ctx.sources, ctx.needs_input_grad[3:]):
+            if not need:
+                grads.append(None)
+                continue
+            charge = culprit & _lead(hit, culprit)
+            nan_at = torch.zeros(charge.shape, dtype=dtype, device=device).masked_fill_(charge, NAN)
+            grads.append(nan_at.view(*charge.shape, *([1] * (len(shape) - charge.dim()))).expand(shape))
+        return (g.masked_fill(spoiled, 0.0), None, None, *grads)
+
+
+def _spoil(t: Tensor, spoiled: Tensor | None, blame: list[tuple[Tensor, Tensor]]) -> Tensor:
+    """NaN over the spoiled rows of t; their gradient charged to ``blame``'s (culprits, source)."""
+    if spoiled is None:
+        return t
+    return _Spoil.apply(t, spoiled, tuple(c for c, _ in blame), *(x for _, x in blame))
+
+
+def _finish(o: Tensor, state: ScanState | None, cl: _Clean, dtype: torch.dtype):
+    """A parallel form's output (and state): NaN over the spoiled tail, o in ``dtype``."""
+    o = _spoil(o, cl.spoiled, cl.blame).to(dtype)
+    if state is None:
+        return o
+    if cl.spoiled is not None:
+        last = cl.spoiled[..., -1]  # (B, H)
+        state = ScanState(*(_spoil(t, last, cl.blame) for t in state))
+    return o, state
 
 
 # --------------------------------------------------------------------------------------
@@ -120,10 +286,21 @@ def _divide(num: Tensor, den: Tensor) -> Tensor:
 def init_state(batch: int, heads: int, dim: int, device=None, dtype=torch.float32) -> ScanState:
     """The empty prefix: m = -inf, c = 0, a = 0."""
     dtype = _acc_dtype(dtype)
-    m = torch.full((batch, heads), float("-inf"), device=device, dtype=dtype)
+    m = torch.full((batch, heads), NEG_INF, device=device, dtype=dtype)
     c = torch.zeros(batch, heads, device=device, dtype=dtype)
     a = torch.zeros(batch, heads, dim, device=device, dtype=dtype)
     return ScanState(m, c, a)
+
+
+def _advance(s_t: Tensor, v_t: Tensor, state: ScanState) -> tuple[Tensor, ScanState]:
+    """The recurrence on a clean token: s_t (B, H) finite or -inf, v_t (B, H, D) finite."""
+    m_new = torch.maximum(state.m, s_t)
+    ref = _safe_ref(m_new)
+    old_scale = torch.exp(state.m - ref)  # exp(-inf) = 0 for the empty prefix
+    new_w = torch.exp(s_t - ref)  # 0 for a token that takes no part
+    c = state.c * old_scale + new_w
+    a = state.a * old_scale[..., None] + new_w[..., None] * v_t
+    return _divide(a, c), ScanState(m_new, c, a)
 
 
 def scan_step(
@@ -132,22 +309,30 @@ def scan_step(
     """One token of the recurrence: s_t (B, H), v_t (B, H, D) -> o_t (B, H, D), new state.
 
     mask_t (B,) or (B, H), True where the token is valid; an invalid token leaves the
-    state unchanged.
+    state unchanged. A bad token, or a spoiled (NaN) state, gives a NaN output and a NaN
+    state; the gradient of those is dropped when it is 0 and otherwise charged, as NaN, to
+    the bad token or to the spoiled state (so, step by step, to the bad token).
     """
-    dtype = state.m.dtype
-    s_t = s_t.to(dtype)
+    # the plain step, kept when its output is finite: then nothing was bad, spoiled or
+    # unreadable (NaN and inf all reach o, and so its sum), and the careful path below
+    # would compute the same numbers with some twenty more small operations. Only
+    # elementwise operations (nothing autocast runs in half); on an accelerator, reading
+    # the sum is one host sync per token, which a streaming loop makes anyway.
+    s = s_t.to(state.m.dtype)
     if mask_t is not None:
-        if mask_t.dim() == 1:
-            mask_t = mask_t[:, None]
-        s_t = s_t.masked_fill(~mask_t.bool(), float("-inf"))
-    m_new = torch.maximum(state.m, s_t)
-    ref = _safe_ref(m_new)
-    old_scale = torch.exp(state.m - ref)  # exp(-inf) = 0 for the empty prefix
-    new_w = torch.exp(s_t - ref)  # 0 for a masked token
-    c = state.c * old_scale + new_w
-    a = state.a * old_scale[..., None] + new_w[..., None] * v_t.to(dtype)
-    o = _divide(a, c)
-    return o.to(v_t.dtype), ScanState(m_new, c, a)
+        s = s.masked_fill(~(mask_t[:, None] if mask_t.dim() == 1 else mask_t).bool(), NEG_INF)
+    o, new = _advance(s, v_t.to(state.m.dtype), state)
+    if math.isfinite(o.sum().item()):
+        return o.to(v_t.dtype), new
+    with autocast_off(v_t):
+        mask = None if mask_t is None else mask_t[..., None]  # (B, 1) or (B, H, 1): N = 1
+        cl = _clean(s_t[..., None], v_t[..., None, :], mask, state.m.dtype, start=state)
+        o, new = _advance(cl.s[..., 0], cl.v[..., 0, :], cl.start)
+        if cl.spoiled is not None:
+            spoiled = cl.spoiled[..., 0]  # (B, H)
+            o = _spoil(o, spoiled, cl.blame)
+            new = ScanState(*(_spoil(t, spoiled, cl.blame) for t in new))
+    return o.to(v_t.dtype), new
 
 
 # --------------------------------------------------------------------------------------
@@ -162,35 +347,38 @@ def scan_reference(
     return_state: bool = False,
     initial_state: ScanState | None = None,
 ):
-    """The recurrence of the paper, token by token: O(N) sequential steps (from ``initial_state``
-    if given, else from the empty prefix)."""
+    """The recurrence of the paper, token by token: O(N) sequential steps (from
+    ``initial_state`` if given, else from the empty prefix)."""
     _check(s, v, mask)
     B, H, N, D = v.shape
-    if initial_state is None:
-        state = init_state(B, H, D, device=v.device, dtype=v.dtype)
-    else:
-        state = _check_state(initial_state, v)
-    s = _masked_scores(s, mask, state.m.dtype)
-    outs = []
-    for k in range(N):
-        o_k, state = scan_step(s[:, :, k], v[:, :, k], state)
-        outs.append(o_k)
-    o = torch.stack(outs, dim=2) if outs else v.new_zeros(B, H, 0, D)
-    return (o, state) if return_state else o
+    dtype = _acc_dtype(v.dtype)
+    if initial_state is not None:
+        _check_state(initial_state, v)
+    if N == 0:
+        return _empty_result(s, v, return_state, initial_state)
+    with autocast_off(v):
+        cl = _clean(s, v, mask, dtype, initial_state)
+        state = cl.start if cl.start is not None else init_state(B, H, D, v.device, dtype)
+        outs = []
+        for k in range(N):
+            o_k, state = _advance(cl.s[:, :, k], cl.v[:, :, k], state)
+            outs.append(o_k)
+        return _finish(torch.stack(outs, dim=2), state if return_state else None, cl, v.dtype)
 
 
 def scan_oracle(s: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
     """Naive O(N^2) memory: a causal masked softmax over the scores, then a matrix product."""
     _check(s, v, mask)
-    dtype = _acc_dtype(v.dtype)
     N = s.shape[-1]
-    s = _masked_scores(s, mask, dtype)
-    causal = torch.ones(N, N, dtype=torch.bool, device=s.device).tril()
-    logits = s[:, :, None, :].expand(*s.shape[:2], N, N).masked_fill(~causal, float("-inf"))
-    ref = _safe_ref(logits.amax(dim=-1, keepdim=True))
-    w = torch.exp(logits - ref)  # (B, H, N, N), rows referenced to their own max
-    num = w @ v.to(dtype)
-    return _divide(num, w.sum(-1)).to(v.dtype)
+    if N == 0:
+        return _empty(s, v)
+    with autocast_off(v):
+        cl = _clean(s, v, mask, _acc_dtype(v.dtype))
+        causal = torch.ones(N, N, dtype=torch.bool, device=s.device).tril()
+        logits = cl.s[:, :, None, :].expand(*s.shape[:2], N, N).masked_fill(~causal, NEG_INF)
+        ref = _safe_ref(logits.amax(dim=-1, keepdim=True))
+        w = torch.exp(logits - ref)  # (B, H, N, N), rows referenced to their own max
+        return _finish(_divide(w @ cl.v, w.sum(-1)), None, cl, v.dtype)
 
 
 def _combine(left: ScanState, right: ScanState) -> ScanState:
@@ -206,24 +394,26 @@ def scan_hillis_steele(s: Tensor, v: Tensor, mask: Tensor | None = None) -> Tens
     """The paper's parallel scan: ceil(log2 N) rounds, each combining every position with
     the one ``2^r`` before it. O(N log N) work, plain torch ops."""
     _check(s, v, mask)
-    dtype = _acc_dtype(v.dtype)
-    s = _masked_scores(s, mask, dtype)
-    leaf_c = torch.where(torch.isneginf(s), torch.zeros_like(s), torch.ones_like(s))
-    # leaves (s_i, 1, v_i), states kept along dim 2 (positions)
-    st = ScanState(s.clone(), leaf_c, v.to(dtype) * leaf_c[..., None])
     N = s.shape[-1]
-    offset = 1
-    while offset < N:
-        shifted = ScanState(st.m[:, :, :-offset], st.c[:, :, :-offset], st.a[:, :, :-offset])
-        tail = ScanState(st.m[:, :, offset:], st.c[:, :, offset:], st.a[:, :, offset:])
-        merged = _combine(shifted, tail)
-        st = ScanState(
-            torch.cat([st.m[:, :, :offset], merged.m], dim=2),
-            torch.cat([st.c[:, :, :offset], merged.c], dim=2),
-            torch.cat([st.a[:, :, :offset], merged.a], dim=2),
-        )
-        offset *= 2
-    return _divide(st.a, st.c).to(v.dtype)
+    if N == 0:
+        return _empty(s, v)
+    with autocast_off(v):
+        cl = _clean(s, v, mask, _acc_dtype(v.dtype))
+        leaf_c = torch.where(torch.isneginf(cl.s), torch.zeros_like(cl.s), torch.ones_like(cl.s))
+        # leaves (s_i, 1, v_i), states kept along dim 2 (positions)
+        st = ScanState(cl.s.clone(), leaf_c, cl.v * leaf_c[..., None])
+        offset = 1
+        while offset < N:
+            shifted = ScanState(st.m[:, :, :-offset], st.c[:, :, :-offset], st.a[:, :, :-offset])
+            tail = ScanState(st.m[:, :, offset:], st.c[:, :, offset:], st.a[:, :, offset:])
+            merged = _combine(shifted, tail)
+            st = ScanState(
+                torch.cat([st.m[:, :, :offset], merged.m], dim=2),
+                torch.cat([st.c[:, :, :offset], merged.c], dim=2),
+                torch.cat([st.a[:, :, :offset], merged.a], dim=2),
+            )
+            offset *= 2
+        return _finish(_divide(st.a, st.c), None, cl, v.dtype)
 
 
 # --------------------------------------------------------------------------------------
@@ -273,22 +463,21 @@ def scan(
     _check(s, v, mask)
     if chunk < 1:
         raise ValueError(f"chunk must be a positive block length; got {chunk}")
-    B, H, N, D = v.shape
     dtype = _acc_dtype(v.dtype)
     if initial_state is not None:
-        initial_state = _check_state(initial_state, v)
-    if N == 0:
-        o = v.new_zeros(B, H, 0, D)
-        state = initial_state if initial_state is not None else init_state(B, H, D, v.device, v.dtype)
-        return (o, state) if return_state else o
-    s = _masked_scores(s, mask, dtype).contiguous()
-    o, lam = ChunkedScan.apply(s, v.to(dtype).contiguous(), chunk)  # (B, H, N, D), (B, H, N)
-    if return_state:
-        # state after the last token: the true running max m, and c, a relative to it
-        m = s.amax(-1)  # (B, H), -inf before any valid token
-        c = torch.exp(s - _safe_ref(m)[..., None]).sum(-1)  # (B, H), >= 1 or exactly 0
-        state = ScanState(m, c, c[..., None] * o[:, :, -1])
-    if initial_state is not None:
-        o = _continue(initial_state, s, o, lam)
-        state = _combine(initial_state, state) if return_state else None
-    return (o.to(v.dtype), state) if return_state else o.to(v.dtype)
+        _check_state(initial_state, v)
+    if v.shape[2] == 0:
+        return _empty_result(s, v, return_state, initial_state)
+    with autocast_off(v):
+        cl = _clean(s, v, mask, dtype, initial_state)
+        o, lam = ChunkedScan.apply(cl.s.contiguous(), cl.v.contiguous(), chunk)  # (B, H, N, D), (B, H, N)
+        state = None
+        if return_state:
+            # after the last token: the true running max m, and c, a relative to it
+            m = cl.s.amax(-1)  # (B, H), -inf before any valid token
+            c = torch.exp(cl.s - _safe_ref(m)[..., None]).sum(-1)  # (B, H), >= 1 or exactly 0
+            state = ScanState(m, c, c[..., None] * o[:, :, -1])
+        if cl.start is not None:
+            o = _continue(cl.start, cl.s, o, lam)
+            state = _combine(cl.start, state) if return_state else None
+        return _finish(o, state, cl, v.dtype)
