@@ -60,6 +60,25 @@ def check_config(cfg: DictConfig) -> None:
         )
 
 
+# half-precision weights: what to use instead (compute in half precision, weights and optimizer in float32)
+HALF_WEIGHTS = {"bf16-true": "bf16-mixed", "16-true": "16-mixed"}
+
+
+def check_precision(cfg: DictConfig) -> None:
+    """Refuse ``trainer.precision=bf16-true`` / ``16-true`` before anything starts: the weights and
+    the optimizer's moments would live in half precision (an update smaller than 1/256 of a bf16
+    weight is lost) and the task modules make float32 tensors (encodings, masks) that do not mix
+    with half-precision weights."""
+    precision = str(cfg.trainer.get("precision"))
+    if precision in HALF_WEIGHTS:
+        instead = HALF_WEIGHTS[precision]
+        raise ConfigError(
+            f"trainer.precision={precision} keeps the weights and the optimizer state in half precision, which the "
+            f"suite does not support (small updates are lost, and the modules compute some tensors in float32); use "
+            f"trainer.precision={instead}: the same half-precision matmuls, with float32 weights"
+        )
+
+
 def versions() -> dict:
     out = {"python": platform.python_version(), "torch": torch.__version__, "lightning": L.__version__}
     try:
@@ -197,6 +216,7 @@ def _identity(cfg: DictConfig) -> tuple[Cell, list[str]]:
 def train(cfg: DictConfig) -> dict | None:
     """Run one cell and return its record (or the existing record when it is done)."""
     check_config(cfg)
+    check_precision(cfg)
     _quiet_duplicate_logs()
     cell, overrides = _identity(cfg)
     if cell.key != cfg.cell:
