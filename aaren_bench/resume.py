@@ -37,6 +37,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, Sampler
 
 log = logging.getLogger("aaren_bench")
@@ -272,3 +273,16 @@ def _add_epoch_sums(trainer, sums: dict) -> None:
         elif m.meta.is_sum_reduction:
             m.value = value + m.value
         m._computed = None
+
+
+
+class MidEpochCheckpoint(ModelCheckpoint):
+    """A checkpoint written during an epoch (``checkpoint_every_min``: ``train_time_interval``), but
+    never after the last batch of an epoch: Lightning resumes from such a checkpoint past the
+    epoch's end without running it (validation, epoch-end logging and schedulers, early stopping).
+    A save due there waits for the epoch-end checkpoint (or, without one, for the next batch)."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            return
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)

@@ -38,7 +38,7 @@ from aaren_bench.results import (
     result_path,
     write_json_atomic,
 )
-from aaren_bench.resume import RunState
+from aaren_bench.resume import MidEpochCheckpoint, RunState
 from aaren_bench.study import Cell, job_overrides, measuring_overrides
 from aaren_bench.task import Task, load_task, optimizer_factory, parameter_split
 
@@ -176,14 +176,20 @@ def make_callbacks(cfg: DictConfig, run_dir: Path, task: Task) -> list:
     if sel:  # best.ckpt, the weights tested; the first ModelCheckpoint is trainer.checkpoint_callback
         cbs.append(ModelCheckpoint(dirpath=ckpts, filename="best", monitor=sel.metric, mode=sel.mode, save_top_k=1,
                                    enable_version_counter=False))
-    # last.ckpt at every epoch end (Lightning's save_last=True writes it only when a best checkpoint was
-    # written in the same step, and never at an epoch end without a monitored metric)
-    cbs.append(ModelCheckpoint(dirpath=ckpts, filename="last", monitor=None, save_top_k=1, save_on_train_epoch_end=True,
-                               enable_version_counter=False))
+    if cfg.trainer.get("max_steps") in (None, -1):
+        # last.ckpt at every epoch end (Lightning's save_last=True writes it only when a best checkpoint
+        # was written in the same step, and never at an epoch end without a monitored metric)
+        cbs.append(ModelCheckpoint(dirpath=ckpts, filename="last", monitor=None, save_top_k=1,
+                                   save_on_train_epoch_end=True, enable_version_counter=False))
+    else:
+        # training counted in steps (RL): Lightning resumes from an epoch-end checkpoint one batch off
+        # (it replays that epoch's end), so last.ckpt is written mid-epoch (below) and when training ends
+        cbs.append(ModelCheckpoint(dirpath=ckpts, filename="last", monitor=None, save_top_k=0, save_last=True,
+                                   enable_version_counter=False))
     every = cfg.get("checkpoint_every_min")
     if every:  # last.ckpt also every N minutes of training, so a kill loses at most N minutes
-        cbs.append(ModelCheckpoint(dirpath=ckpts, monitor=None, save_top_k=0, save_last=True,
-                                   train_time_interval=timedelta(minutes=float(every)), enable_version_counter=False))
+        cbs.append(MidEpochCheckpoint(dirpath=ckpts, monitor=None, save_top_k=0, save_last=True,
+                                      train_time_interval=timedelta(minutes=float(every)), enable_version_counter=False))
     stop = task.early_stopping(cfg)
     if stop:
         cbs.append(EarlyStopping(monitor=stop.metric, mode=stop.mode, patience=cfg.task.patience))

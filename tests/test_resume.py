@@ -10,13 +10,13 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import TensorDataset
 
 from aaren_bench import run
 from aaren_bench.data import DatasetNotFound
 from aaren_bench.resume import (
     EpochShuffle,
+    MidEpochCheckpoint,
     ResumableLoader,
     RunState,
     rng_states,
@@ -40,29 +40,36 @@ class Killed(Exception):
 
 
 class KillAt(L.Callback):
-    def __init__(self, step: int):
-        self.step = step
+    """Kill the job before training step ``step`` + 1, or during the validation that follows step ``step``."""
+
+    def __init__(self, step: int, during_validation: bool = False):
+        self.step, self.during_validation = step, during_validation
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.step:
+        if trainer.global_step == self.step and not self.during_validation:
             raise Killed(f"killed before step {self.step + 1}")
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        if trainer.global_step == self.step and self.during_validation and not trainer.sanity_checking:
+            raise Killed(f"killed in the validation after step {self.step}")
 
 
 def _cfg(task: str, root: Path):
     return compose_config([*TASKS[task], *TINY, *SHORT, "tag=resume", f"paths.runs={root}"])
 
 
-def _killed_then_resubmitted(cfg, monkeypatch, kill_at: int, save_every: int | None):
-    """Train with a checkpoint every ``save_every`` steps (as checkpoint_every_min's timed one,
-    which writes last.ckpt mid-epoch) and a kill before step ``kill_at`` + 1; then run the cell again."""
+def _killed_then_resubmitted(cfg, monkeypatch, kill_at: int, save_every: int | None, in_validation: bool = False):
+    """Train with a checkpoint every ``save_every`` steps (checkpoint_every_min's kind, which writes
+    last.ckpt mid-epoch, here on a step count instead of a clock) and a kill before step
+    ``kill_at`` + 1 (or in the validation after it); then run the cell again."""
     make = run.make_callbacks
 
     def with_kill(cfg, run_dir, task):
         cbs = make(cfg, run_dir, task)
         if save_every:
-            cbs.append(ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), monitor=None, save_top_k=0,
-                                       save_last=True, every_n_train_steps=save_every, enable_version_counter=False))
-        return cbs + [KillAt(kill_at)]
+            cbs.append(MidEpochCheckpoint(dirpath=str(run_dir / "checkpoints"), monitor=None, save_top_k=0,
+                                          save_last=True, every_n_train_steps=save_every, enable_version_counter=False))
+        return cbs + [KillAt(kill_at, in_validation)]
 
     with monkeypatch.context() as m:
         m.setattr(run, "make_callbacks", with_kill)
@@ -101,10 +108,13 @@ def uninterrupted(tmp_path_factory):
     return get
 
 
-# (kill before step k + 1, checkpoint every n steps): mid-epoch = checkpoint at step 5 (batch 1 of
-# epoch 1), kill at step 7 (steps 6 and 7 are trained again); epoch end = last.ckpt of the end of
-# epoch 1 (step 8), kill before the first batch of epoch 2
-KILLS = {"mid-epoch": (7, 5), "epoch-end": (2 * N_BATCHES, None)}
+# (kill before step k + 1, mid-epoch checkpoint every n steps, kill in the validation after step k):
+# - mid-epoch: checkpoint at step 5 (batch 1 of epoch 1), kill at step 7 (steps 6, 7 trained again)
+# - epoch-end: last.ckpt of the end of epoch 1 (step 8), kill before the first batch of epoch 2
+# - last-batch: a mid-epoch checkpoint due at the last batch of epoch 1 (step 8), kill in the
+#   validation that follows (Lightning would resume after that validation without running it)
+KILLS = {"mid-epoch": (7, 5, False), "epoch-end": (2 * N_BATCHES, None, False),
+         "last-batch": (2 * N_BATCHES, 2 * N_BATCHES, True)}
 
 
 @pytest.mark.parametrize("kill", KILLS)
@@ -113,9 +123,10 @@ def test_killed_and_resubmitted_run_ends_as_the_uninterrupted_one(task, kill, un
                                                                    one_thread):
     full_cfg, full = uninterrupted(task)
     cfg = _cfg(task, tmp_path)
-    kill_at, save_every = KILLS[kill]
-    rec, ckpt, second_s = _killed_then_resubmitted(cfg, monkeypatch, kill_at, save_every)
-    assert ckpt["global_step"] == (save_every or kill_at)  # the kill lost the steps after the checkpoint
+    kill_at, save_every, in_validation = KILLS[kill]
+    rec, ckpt, second_s = _killed_then_resubmitted(cfg, monkeypatch, kill_at, save_every, in_validation)
+    # the kill lost the steps after the checkpoint (last-batch: the due checkpoint waits for the epoch's end)
+    assert ckpt["global_step"] == {"mid-epoch": 5, "epoch-end": 8, "last-batch": N_BATCHES}[kill]
     assert rec["metrics"] == full["metrics"]  # exact: every bit of every test metric
     assert rec["global_steps"] == full["global_steps"] == N_BATCHES * EPOCHS
     for name in ("last.ckpt", *(["best.ckpt"] if full["best_checkpoint"] else [])):
