@@ -28,7 +28,13 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from aaren_bench.errors import CellBusy, CheckpointMismatch, ConfigError, RunFailed, SuiteError
+from aaren_bench.errors import (
+    CellBusy,
+    CheckpointMismatch,
+    ConfigError,
+    RunFailed,
+    SuiteError,
+)
 from aaren_bench.logging import finish_logger, make_logger
 from aaren_bench.results import (
     FAILED_FILE,
@@ -39,7 +45,7 @@ from aaren_bench.results import (
     write_json_atomic,
 )
 from aaren_bench.resume import MidEpochCheckpoint, RunState
-from aaren_bench.study import Cell, job_overrides, measuring_overrides
+from aaren_bench.study import Cell, measuring_overrides, run_overrides
 from aaren_bench.task import Task, load_task, optimizer_factory, parameter_split
 
 log = logging.getLogger("aaren_bench")
@@ -215,7 +221,7 @@ def build(cfg: DictConfig) -> Built:
 
 
 def _identity(cfg: DictConfig) -> tuple[Cell, list[str]]:
-    overrides = job_overrides()
+    overrides = run_overrides(cfg)
     return Cell.from_cfg(cfg, overrides), overrides
 
 

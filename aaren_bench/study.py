@@ -138,7 +138,7 @@ class Cell:
     @classmethod
     def from_cfg(cls, cfg, overrides: list[str] | None = None) -> "Cell":
         """The cell of a composed config; ``overrides`` (default: the running Hydra job's) decide the tag."""
-        overrides = job_overrides() if overrides is None else list(overrides)
+        overrides = run_overrides(cfg) if overrides is None else list(overrides)
         task = str(cfg.task.name)
         horizon = int(cfg.task.pred_len) if task == "forecast" else None
         protocol = OmegaConf.select(cfg, "protocol.name", default=None) or DEFAULT_PROTOCOL
@@ -200,6 +200,12 @@ def job_overrides() -> list[str]:
     except Exception:  # noqa: BLE001 - no Hydra job: no overrides
         pass
     return []
+
+
+def run_overrides(cfg) -> list[str]:
+    """The overrides a config was composed with: the running Hydra job's, else the ones
+    :func:`compose_config` recorded in ``command_overrides`` (tests, notebooks, benchmarks)."""
+    return job_overrides() or [str(o) for o in (cfg.get("command_overrides") or [])]
 
 
 def _cell_key_resolver(*, _root_) -> str:
@@ -351,7 +357,12 @@ def compose_config(overrides: list[str] | tuple[str, ...] = (), conf_dir: Path =
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    from omegaconf import open_dict
+
     GlobalHydra.instance().clear()
+    args = normalize_argv(list(overrides), Path(conf_dir))
     with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir)):
-        return compose("config", overrides=normalize_argv(list(overrides), Path(conf_dir)),
-                       return_hydra_config=return_hydra_config)
+        cfg = compose("config", overrides=args, return_hydra_config=return_hydra_config)
+    with open_dict(cfg):  # outside a Hydra job, the key reads the overrides from here
+        cfg.command_overrides = [a for a in args if "=" in a and not a.startswith("-")]
+    return cfg

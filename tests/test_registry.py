@@ -65,4 +65,4 @@ def test_cli_fetch_and_list(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "Heartbeat/Heartbeat_TRAIN.ts" in out and "timeseriesclassification.com" in out
     assert main(["datasets", "--task", "classify", "--data-root", str(tmp_path)]) == 0
-    assert "JapaneseVowels           present (inside sktime)" in capsys.readouterr().out
+    assert "JapaneseVowels           present (inside an installed package)" in capsys.readouterr().out

@@ -9,9 +9,11 @@ never lands in the D4RL dataset's cell).
 from __future__ import annotations
 
 from aaren_bench.data.registry import DatasetSpec, RemoteFile, register
+from tasks.rl.envs import ENVS as ENV_SPECS
 
 BASE = "http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2"
-ENVS = {"halfcheetah": (17, 6), "hopper": (11, 3), "walker2d": (17, 6), "ant": (111, 8)}
+# (obs_dim, act_dim) of each environment: the env specs' facts (tasks/rl/envs.py), written once
+ENVS = {name: (spec.obs_dim, spec.act_dim) for name, spec in ENV_SPECS.items()}
 KINDS = ("medium", "medium-replay", "medium-expert")
 
 

@@ -133,10 +133,10 @@ class RLDataModule(L.LightningDataModule):
         self.obs_dim, self.act_dim = data["observations"].shape[1], data["actions"].shape[1]
         from aaren_bench.data import get
 
-        info = get(self.cfg.dataset.name).info  # the catalog's dims of this dataset
+        # the catalog's dims of the registry's file (a dataset.file of your own is checked against the env)
+        info = {} if self.cfg.dataset.get("file") else get(self.cfg.dataset.name).info
         want = info.get("obs_dim"), info.get("act_dim")
-        if not self.cfg.dataset.get("file") and ((want[0] and want[0] != self.obs_dim) or
-                                                 (want[1] and want[1] != self.act_dim)):
+        if (want[0] and want[0] != self.obs_dim) or (want[1] and want[1] != self.act_dim):
             raise D4RLFormatError(
                 f"{path}: observations/actions have {self.obs_dim}/{self.act_dim} dims, "
                 f"but dataset {self.cfg.dataset.name} expects {want[0]}/{want[1]}; is it the right file?"

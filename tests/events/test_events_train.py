@@ -30,7 +30,7 @@ def test_every_dataset_config_composes_and_is_registered(name):
     from aaren_bench.data import get
 
     cfg = _cfg(f"dataset={name}")
-    assert cfg.dataset.task == "events" and get(name).task == "events"
+    assert cfg.task.name == "events" and get(name).task == "events"
 
 
 def test_missing_meta_tpp_file_says_where_to_get_it(tmp_path):
@@ -49,7 +49,8 @@ def test_one_short_epoch_writes_a_record(model, runs_dir):
     m = rec["metrics"]
     assert {"test/nll", "test/nll_time", "test/rmse"} <= set(m) and "test/acc" not in m  # Sin is unmarked
     assert all(torch.isfinite(torch.tensor(v)) for v in m.values())
-    saved = json.loads((runs_dir / "events" / "Sin" / model / "seed0" / "result.json").read_text())
+    saved = json.loads((runs_dir / rec["cell"] / "result.json").read_text())
+    assert rec["cell"].startswith("events/Sin/suite+x")  # smaller data than the paper cell: a tagged cell
     assert saved["metrics"] == m
 
 

@@ -261,7 +261,7 @@ def test_datamodule_reads_the_hub_copy(tmp_path, loader):
     from tasks.rl.data import RLDataModule
 
     path = hub.fetch_from_hub("hopper-medium-expert", tmp_path, loader=loader)
-    cfg = OmegaConf.create({"paths": {"data_root": str(tmp_path)}, "seed": 0,
+    cfg = OmegaConf.create({"paths": {"data_root": str(tmp_path)}, "seed": 0, "task": {"rtg_scale": 1000},
                             "dataset": {"name": "hopper-medium-expert", "env": "hopper", "obs_dim": 11, "act_dim": 3,
                                         "file": str(path)}})
     dm = RLDataModule(cfg)

@@ -72,31 +72,31 @@ def test_seeded_runs_repeat(collected, tmp_path):
     assert a["test/return"] == pytest.approx(b["test/return"], rel=1e-6)
 
 
-def test_missing_collected_file_is_written_on_first_use(tmp_path, runs_dir):
-    target = tmp_path / "new" / "hc.hdf5"
-    cfg = compose_rl("dataset=halfcheetah-collected", f"dataset.file={target}", "dataset.collect.episodes=1",
-                     "dataset.collect.max_steps=20", *TINY)
-    _, dm, module, _ = build(cfg)
-    assert target.exists() and sum(len(t) for t in dm.trajs) == 20
-    assert module.backbone.d_model == 16
-
-
-def test_read_only_data_root_is_a_clear_error(tmp_path, runs_dir):
-    ro = tmp_path / "ro"
-    (ro / "d4rl").mkdir(parents=True)  # a writable folder inside a read-only data root
-    ro.chmod(0o555)
-    cfg = compose_rl("dataset=halfcheetah-collected", f"paths.data_root={ro}", *TINY)
-    with pytest.raises(DatasetNotFound, match="read-only"):
+def test_a_collected_dataset_is_made_by_an_explicit_command(tmp_path, runs_dir):
+    """Resolving a missing collected file never runs the simulator: the error names the command,
+    and `aaren-bench collect --dataset` writes the catalog's file, which the dataset then reads."""
+    cfg = compose_rl("dataset=halfcheetah-collected", f"paths.data_root={tmp_path}", *TINY)
+    with pytest.raises(DatasetNotFound, match="aaren-bench collect --dataset halfcheetah-collected"):
         build(cfg)
-    assert not any((ro / "d4rl").iterdir())
+    assert not any(tmp_path.rglob("*.hdf5"))
+    import tasks.rl.catalog as catalog
+
+    recipe = catalog.COLLECTED["halfcheetah-collected"]
+    old = dict(recipe)
+    recipe.update(episodes=1, max_steps=20)
+    try:
+        assert cli(["collect", "--dataset", "halfcheetah-collected", "--data-root", str(tmp_path)]) == 0
+    finally:
+        recipe.update(old)
+    _, dm, module, _ = build(cfg)
+    assert sum(len(t) for t in dm.trajs) == 20 and module.model.backbone.d_model == 16
 
 
 def test_env_not_matching_data(collected, runs_dir):
     cfg = compose_rl("dataset=hopper-medium", f"dataset.file={collected}", *TINY)
-    with pytest.raises(Exception, match="17/6 dims, but dataset hopper-medium expects 11/3"):
+    with pytest.raises(EnvMismatchError, match="17-d observations and 6-d actions, but env 'hopper'"):
         build(cfg)
-    cfg = compose_rl("dataset=halfcheetah-collected", f"dataset.file={collected}", "dataset.env=hopper",
-                     "dataset.obs_dim=null", "dataset.act_dim=null", *TINY)
+    cfg = compose_rl("dataset=halfcheetah-collected", f"dataset.file={collected}", "dataset.env=hopper", *TINY)
     with pytest.raises(EnvMismatchError, match="set dataset.env"):
         build(cfg)
 
