@@ -2,8 +2,10 @@
 
 ``train(cfg)`` is what ``train.py`` calls for every Hydra job. The run folder is the cell's
 key (``aaren_bench.study.Cell``) under the runs root: checkpoints, logs, the saved config
-and the record live there, so a resubmitted job resumes from ``checkpoints/last.ckpt`` and
-a finished one is skipped. A run whose loss or test metrics are not finite is a failure:
+and the record live there, so a resubmitted job resumes from ``checkpoints/last.ckpt`` (written
+at every epoch end and every ``checkpoint_every_min`` minutes) and a finished one is skipped.
+A resumed run ends as the uninterrupted one would have, bit for bit (``aaren_bench.resume``);
+its ``logs/metrics.csv`` continues and its record's wall time counts every attempt. A run whose loss or test metrics are not finite is a failure:
 ``failed.json`` says why, the job exits non-zero and a rerun runs the cell again.
 """
 from __future__ import annotations
@@ -42,6 +44,7 @@ from aaren_bench.results import (
     result_path,
     write_json_atomic,
 )
+from aaren_bench.resume import MidEpochCheckpoint, RunState
 from aaren_bench.study import Cell, measuring_overrides, run_overrides
 from aaren_bench.task import Task, load_task, optimizer_factory, parameter_split
 
@@ -60,6 +63,25 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(
             f"dataset {cfg.dataset.name!r} belongs to task={owner}, but task={cfg.task.name} was chosen; "
             f"a dataset selects its task: run with dataset={cfg.dataset.name} (and no task=, or task={owner})"
+        )
+
+
+# half-precision weights: what to use instead (compute in half precision, weights and optimizer in float32)
+HALF_WEIGHTS = {"bf16-true": "bf16-mixed", "16-true": "16-mixed"}
+
+
+def check_precision(cfg: DictConfig) -> None:
+    """Refuse ``trainer.precision=bf16-true`` / ``16-true`` before anything starts: the weights and
+    the optimizer's moments would live in half precision (an update smaller than 1/256 of a bf16
+    weight is lost) and the task modules make float32 tensors (encodings, masks) that do not mix
+    with half-precision weights."""
+    precision = str(cfg.trainer.get("precision"))
+    if precision in HALF_WEIGHTS:
+        instead = HALF_WEIGHTS[precision]
+        raise ConfigError(
+            f"trainer.precision={precision} keeps the weights and the optimizer state in half precision, which the "
+            f"suite does not support (small updates are lost, and the modules compute some tensors in float32); use "
+            f"trainer.precision={instead}: the same half-precision matmuls, with float32 weights"
         )
 
 
@@ -117,9 +139,11 @@ def usable_checkpoint(path: Path) -> bool:
         return False
 
 
-def check_checkpoint_shapes(path: Path, module: torch.nn.Module) -> None:
-    """A checkpoint of a model of another shape: say what differs and how to start over."""
-    state = torch.load(path, map_location="cpu", weights_only=False, mmap=True).get("state_dict", {})
+def check_checkpoint_shapes(path: Path, module: torch.nn.Module) -> int:
+    """A checkpoint of a model of another shape: say what differs and how to start over.
+    Returns the checkpoint's global step."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    state = ckpt.get("state_dict", {})
     own = module.state_dict()
     diff = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
             for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
@@ -133,6 +157,7 @@ def check_checkpoint_shapes(path: Path, module: torch.nn.Module) -> None:
             + f"\nThe configuration of this cell changed since it was started. To start it over, delete "
               f"{path.parent} (or the whole cell folder {path.parents[1]}); to keep it, rerun with the old settings."
         )
+    return int(ckpt.get("global_step", 0))
 
 
 class FiniteLoss(L.Callback):
@@ -152,22 +177,25 @@ def make_callbacks(cfg: DictConfig, run_dir: Path, task: Task) -> list:
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
     sel = task.selection(cfg)  # None: no model selection, the last weights are tested
-    cbs = [
-        FiniteLoss(),
-        ModelCheckpoint(
-            dirpath=str(run_dir / "checkpoints"),
-            filename="best" if sel else "last",
-            monitor=sel.metric if sel else None,
-            mode=sel.mode if sel else "min",
-            save_top_k=1 if sel else 0,
-            save_last=True,
-            enable_version_counter=False,
-        ),
-    ]
+    ckpts = str(run_dir / "checkpoints")
+    cbs = [FiniteLoss(), RunState()]  # RunState: random states and elapsed time, so a resume continues bit for bit
+    if sel:  # best.ckpt, the weights tested; the first ModelCheckpoint is trainer.checkpoint_callback
+        cbs.append(ModelCheckpoint(dirpath=ckpts, filename="best", monitor=sel.metric, mode=sel.mode, save_top_k=1,
+                                   enable_version_counter=False))
+    if cfg.trainer.get("max_steps") in (None, -1):
+        # last.ckpt at every epoch end (Lightning's save_last=True writes it only when a best checkpoint
+        # was written in the same step, and never at an epoch end without a monitored metric)
+        cbs.append(ModelCheckpoint(dirpath=ckpts, filename="last", monitor=None, save_top_k=1,
+                                   save_on_train_epoch_end=True, enable_version_counter=False))
+    else:
+        # training counted in steps (RL): Lightning resumes from an epoch-end checkpoint one batch off
+        # (it replays that epoch's end), so last.ckpt is written mid-epoch (below) and when training ends
+        cbs.append(ModelCheckpoint(dirpath=ckpts, filename="last", monitor=None, save_top_k=0, save_last=True,
+                                   enable_version_counter=False))
     every = cfg.get("checkpoint_every_min")
     if every:  # last.ckpt also every N minutes of training, so a kill loses at most N minutes
-        cbs.append(ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), monitor=None, save_top_k=0, save_last=True,
-                                   train_time_interval=timedelta(minutes=float(every)), enable_version_counter=False))
+        cbs.append(MidEpochCheckpoint(dirpath=ckpts, monitor=None, save_top_k=0, save_last=True,
+                                      train_time_interval=timedelta(minutes=float(every)), enable_version_counter=False))
     stop = task.early_stopping(cfg)
     if stop:
         cbs.append(EarlyStopping(monitor=stop.metric, mode=stop.mode, patience=cfg.task.patience))
@@ -200,6 +228,7 @@ def _identity(cfg: DictConfig) -> tuple[Cell, list[str]]:
 def train(cfg: DictConfig) -> dict | None:
     """Run one cell and return its record (or the existing record when it is done)."""
     check_config(cfg)
+    check_precision(cfg)
     _quiet_duplicate_logs()
     cell, overrides = _identity(cfg)
     if cell.key != cfg.cell:
@@ -284,28 +313,35 @@ def _run(cfg: DictConfig, cell: Cell, overrides: list[str], run_dir: Path, debug
     if not debug:
         _save_config(cfg, overrides, run_dir)
         (run_dir / FAILED_FILE).unlink(missing_ok=True)
-    logger = False if debug else make_logger(cfg, run_dir)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    resume = str(last) if not debug and usable_checkpoint(last) else None
+    resume_step = None
+    if resume:
+        resume_step = check_checkpoint_shapes(last, module)
+        log.info("resuming from %s (step %d)", resume, resume_step)
+    logger = False if debug else make_logger(cfg, run_dir, resume_step=resume_step)
+    callbacks = [FiniteLoss()] if debug else make_callbacks(cfg, run_dir, task)  # a smoke run leaves no checkpoint
     trainer = L.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
         logger=logger,
-        callbacks=[FiniteLoss()] if debug else make_callbacks(cfg, run_dir, task),  # a smoke run leaves no checkpoint
+        callbacks=callbacks,
         enable_checkpointing=not debug,
         default_root_dir=str(run_dir),
     )
-    last = run_dir / "checkpoints" / "last.ckpt"
-    resume = str(last) if not debug and usable_checkpoint(last) else None
-    if resume:
-        check_checkpoint_shapes(last, module)
-        log.info("resuming from %s", resume)
+    run_state = next((c for c in callbacks if isinstance(c, RunState)), None)
 
     t0 = time.perf_counter()
     try:
         try:
             trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
-            fit_s = time.perf_counter() - t0
+            # the fit time of every attempt (up to its last checkpoint) when resumed
+            fit_s = run_state.elapsed() if run_state else time.perf_counter() - t0
+            attempts = run_state.attempts if run_state else 1
+            t_test = time.perf_counter()
             sel = task.selection(cfg)
             best = (trainer.checkpoint_callback.best_model_path or None) if (sel and not debug) else None
             tested = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+            test_s = time.perf_counter() - t_test
         except RunFailed as e:
             if not debug:
                 _mark_failed(run_dir, cell, str(e))
@@ -332,7 +368,8 @@ def _run(cfg: DictConfig, cell: Cell, overrides: list[str], run_dir: Path, debug
             "global_steps": int(trainer.global_step),
             "best_checkpoint": best,
             "params": params,
-            "wall_time_s": {"fit": fit_s, "total": time.perf_counter() - t0},
+            "wall_time_s": {"fit": fit_s, "test": test_s, "total": fit_s + test_s},  # all attempts of the cell
+            "attempts": attempts,
             "device": str(trainer.strategy.root_device),
             "precision": str(cfg.trainer.get("precision")),
             "versions": versions(),

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from aaren_bench.data.checks import F32_MAX, F32_SQUARE_MAX, beyond, refetch_hint
 from aaren_bench.errors import DataError
+from aaren_bench.resume import resumable_loader
 
 log = logging.getLogger("aaren_bench")
 
@@ -213,8 +214,9 @@ class UEADataModule(L.LightningDataModule):
                  self.n_channels, self.max_len, self.n_classes, self.protocol)
 
     def _loader(self, ds, shuffle: bool) -> DataLoader:
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          drop_last=False, persistent_workers=self.num_workers > 0)
+        # training: an order drawn from (seed, epoch) that a resumed run continues mid-epoch
+        return resumable_loader(ds, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                                drop_last=False, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self):
         return self._loader(self.train_set, True)

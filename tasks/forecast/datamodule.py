@@ -7,6 +7,7 @@ from pathlib import Path
 import lightning as L
 from torch.utils.data import DataLoader
 
+from aaren_bench.resume import resumable_loader
 from tasks.forecast.frame import FREQ_FEATURES, read_series, time_features
 from tasks.forecast.windows import Scaler, WindowDataset, split_borders
 
@@ -64,7 +65,8 @@ class ForecastDataModule(L.LightningDataModule):
         )
 
     def _loader(self, part: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
+        # training: an order drawn from (seed, epoch) that a resumed run continues mid-epoch
+        return resumable_loader(
             self.datasets[part],
             batch_size=self.batch_size,
             shuffle=shuffle,
