@@ -1,12 +1,15 @@
 """Offline RL (``task=rl``): Decision Transformer / Decision Aaren on D4RL -v2 data.
 
-The datamodule reads the dataset's HDF5 file (checking its layout) and splits trajectories;
-the module wraps the backbone in the Decision model. Training minimises action MSE on
-sampled windows; test runs episodes in the gymnasium MuJoCo simulator and logs the D4RL
-normalised score.
+The datamodule finds the dataset's HDF5 file (D4RL's, or the Hugging Face hub's copy),
+checks its layout and splits trajectories; the module wraps the backbone in the Decision
+model. Training minimises action MSE on sampled windows; evaluation runs episodes in the
+gymnasium MuJoCo simulator and logs the D4RL normalised score, after every epoch when the
+protocol records a curve (``task.eval_curve``) and in the test. The record carries where
+the data came from and the evaluation curve (``record_extras``).
 """
 from __future__ import annotations
 
+from aaren_bench.errors import ConfigError
 from aaren_bench.task import Task
 from tasks.rl.data import RLDataModule
 from tasks.rl.envs import EnvMismatchError, env_spec
@@ -32,9 +35,17 @@ class RLTask(Task):
         return dm
 
     def build_module(self, cfg, dm: RLDataModule, backbone, optimizer) -> DecisionModule:
+        if cfg.task.get("monitor") and not cfg.task.get("eval_curve"):
+            raise ConfigError(f"task.monitor={cfg.task.monitor} selects a checkpoint by its evaluation, but "
+                              f"task.eval_curve is off, so nothing is evaluated during training; set "
+                              f"task.eval_curve=true or task.monitor=null")
         model = DecisionModel(backbone, dm.obs_dim, dm.act_dim, int(cfg.task.max_timestep))
-        model.set_state_stats(dm.mean, dm.std)
+        model.set_state_stats(dm.stats)
         return DecisionModule(model, optimizer, Evaluation.from_cfg(cfg), warmup_steps=int(cfg.task.warmup_steps))
+
+    def record_extras(self, cfg, datamodule: RLDataModule, module: DecisionModule) -> dict:
+        """Where the data came from, and the evaluations: targets, the reported statistic, the curve."""
+        return {"data_source": datamodule.data_source, "evaluation": module.evaluation_summary()}
 
 
 TASK = RLTask()

@@ -165,23 +165,59 @@ def normalized_score(env: str, ret: float | np.ndarray) -> float | np.ndarray:
     return 100.0 * (np.asarray(ret, dtype=np.float64) - lo) / (hi - lo)
 
 
-def state_stats(trajs: list[Trajectory]) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and std (+1e-6) of every observation in the dataset, (obs_dim,) each.
+# A column whose std (float64, over the whole dataset) is below this is constant: it carries no
+# information, and dividing by ~0 would blow any other value up (D4RL's ant contact forces are
+# all zero in the data; an environment that fills them would give inputs of ~1e6).
+MIN_STD = 1e-6
+
+
+@dataclass(frozen=True)
+class StateStats:
+    """Per-column state normalisation of a dataset: (obs - mean) / std, with constant columns held at 0.
+
+    mean, std: (obs_dim,) float32; std is the anchors' ``std + 1e-6`` for informative columns
+    and 1 for constant ones. constant: (obs_dim,) bool, the columns whose std is below
+    :data:`MIN_STD`; their normalised value is 0 in training and at evaluation, whatever the
+    environment reports there.
+    """
+
+    mean: np.ndarray
+    std: np.ndarray
+    constant: np.ndarray
+
+    @property
+    def keep(self) -> np.ndarray:
+        """(obs_dim,) float32: 1 for informative columns, 0 for constant ones."""
+        return (~self.constant).astype(np.float32)
+
+    def normalize(self, obs: np.ndarray) -> np.ndarray:
+        return normalize_states(obs, self.mean, self.std, self.keep)
+
+
+def state_stats(trajs: list[Trajectory]) -> StateStats:
+    """Mean and std (+1e-6, as both DT code bases) of every observation column in the dataset.
 
     Computed in float64, where float32 observations cannot overflow (their squares reach 1.2e77).
+    Columns with std below :data:`MIN_STD` are constant: std 1, and ``constant`` marks them.
     """
     obs = np.concatenate([t.observations for t in trajs]).astype(np.float64)
-    return obs.mean(0).astype(np.float32), (obs.std(0) + 1e-6).astype(np.float32)
+    mean, std = obs.mean(0), obs.std(0)
+    constant = std < MIN_STD
+    std = np.where(constant, 1.0, std + 1e-6)
+    return StateStats(mean.astype(np.float32), std.astype(np.float32), constant)
 
 
-def normalize_states(obs: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """(T, S) -> (T, S) float32 (obs - mean) / std, computed in float64 (float32 differences overflow)."""
+def normalize_states(obs: np.ndarray, mean: np.ndarray, std: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
+    """(T, S) -> (T, S) float32 (obs - mean) / std (times ``keep``: 0 zeroes a constant column),
+    computed in float64 (float32 differences overflow)."""
     z = (obs.astype(np.float64) - mean) / std
+    if keep is not None:
+        z = z * keep
     with np.errstate(over="ignore"):
         return z.astype(np.float32)
 
 
-def check_inputs(trajs: list[Trajectory], mean: np.ndarray, std: np.ndarray, rtg_scale: float, where: str) -> None:
+def check_inputs(trajs: list[Trajectory], stats: StateStats, rtg_scale: float, where: str) -> None:
     """Refuse data whose network inputs or targets leave float32: scaled returns-to-go, states, actions.
 
     Every value must stay below ``F32_SQUARE_MAX`` (1.8e19) in magnitude: the network embeds
@@ -201,7 +237,7 @@ def check_inputs(trajs: list[Trajectory], mean: np.ndarray, std: np.ndarray, rtg
                 f"beyond {F32_SQUARE_MAX:.2g} the network's float32 arithmetic overflows. Check the rewards in the "
                 f"file (a unit or scale error?), or raise task.rtg_scale."
             )
-        for name, x, key in (("normalised states", normalize_states(t.observations, mean, std), "observations"),
+        for name, x, key in (("normalised states", stats.normalize(t.observations), "observations"),
                              ("actions", t.actions, "actions")):
             bad = beyond(x, F32_SQUARE_MAX)
             if bad.any():

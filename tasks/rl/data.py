@@ -1,15 +1,27 @@
-"""Training windows from D4RL trajectories, and the task's datamodule.
+"""Training windows from D4RL trajectories, where the file comes from, and the task's datamodule.
 
-Training (Decision Transformer protocol, as min-decision-transformer): a batch element is
-a window of K consecutive steps of one trajectory. The trajectory is drawn with
-probability proportional to its length, the start uniformly so the window fits inside
-it; a trajectory shorter than K is taken whole and right-padded (mask False). States are
-normalised by the dataset's mean/std, returns-to-go divided by ``rtg_scale``.
+Training (Decision Transformer): a batch element is a window of K consecutive steps of one
+trajectory. Which trajectory and where the window starts are the protocol's
+(``task.sampling``, ``task.window_start``; docs/protocol/rl.md):
 
-An "epoch" is ``steps_per_epoch`` batches; the draws come from a generator seeded by
-(seed, epoch), so a run (and a resumed run) sees the same batches.
+- ``sampling: length`` (kzl DT's ``get_batch``): trajectories drawn with replacement, with
+  probability proportional to their length, so every transition weighs the same.
+  ``sampling: uniform`` (min-DT's shuffled ``DataLoader(drop_last=True)`` over trajectories):
+  passes over the trajectories in a fresh random order, each pass cut to whole batches
+  (a pass shorter than one batch is kept whole); every trajectory weighs the same.
+- ``window_start: fit`` (min-DT): the start is uniform over the positions where the
+  window fits; a trajectory shorter than K is taken whole. ``window_start: any`` (kzl DT):
+  the start is uniform over every step, and a window running past the end is cut there.
+  A short window is right-padded (mask False); padding never reaches a valid output.
 
-Test: the dataloader yields episode indices; the module runs those episodes in the
+States are normalised by the dataset's mean/std (constant columns held at 0:
+``tasks.rl.d4rl.StateStats``), returns-to-go divided by ``rtg_scale``.
+
+An "epoch" is ``steps_per_epoch`` batches (an anchor's training iteration; with
+``task.eval_curve`` the policy is evaluated after each). The draws come from generators
+seeded by (seed, epoch) and (seed, pass), so a run and a resumed run see the same batches.
+
+Evaluation: the dataloaders yield episode indices; the module runs those episodes in the
 simulator (``tasks.rl.acting``).
 """
 from __future__ import annotations
@@ -23,12 +35,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from aaren_bench.data import DatasetNotFound
+from aaren_bench.errors import ConfigError
 from tasks.rl.d4rl import (
+from aaren_bench.resume import ResumableLoader
     D4RLFormatError,
+    StateStats,
     Trajectory,
     check_inputs,
     load_d4rl,
-    normalize_states,
     returns_to_go,
     split_trajectories,
     state_stats,
@@ -36,22 +50,47 @@ from tasks.rl.d4rl import (
 
 log = logging.getLogger("aaren_bench")
 
+SAMPLINGS = ("length", "uniform")
+WINDOW_STARTS = ("fit", "any")
+SOURCES = ("auto", "d4rl", "hub")
+
 
 class WindowSampler(Sampler):
-    """Yields (trajectory index, start) pairs; ``n_samples`` per epoch."""
+    """Yields (trajectory index, start) pairs; ``n_samples`` (whole batches) per epoch."""
 
-    def __init__(self, lengths: np.ndarray, context_len: int, n_samples: int, seed: int):
+    def __init__(self, lengths: np.ndarray, context_len: int, n_samples: int, seed: int, batch_size: int = 1,
+                 sampling: str = "length", window_start: str = "fit"):
+        if sampling not in SAMPLINGS:
+            raise ConfigError(f"task.sampling must be one of {SAMPLINGS}; got {sampling!r}")
+        if window_start not in WINDOW_STARTS:
+            raise ConfigError(f"task.window_start must be one of {WINDOW_STARTS}; got {window_start!r}")
         self.lengths = np.asarray(lengths, dtype=np.int64)
         self.p = self.lengths / self.lengths.sum()
         self.K, self.n, self.seed, self.epoch = context_len, n_samples, seed, 0
+        self.sampling, self.window_start = sampling, window_start
+        N = len(self.lengths)
+        self.pass_len = (N // batch_size) * batch_size or N  # min-DT's drop_last; a pass below one batch stays whole
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def _passes(self, first: int, count: int) -> np.ndarray:
+        """Trajectory indices of the ``count`` samples from position ``first`` of the stream of passes."""
+        m, out, p = self.pass_len, [], first // self.pass_len
+        skip = first - p * m
+        while sum(len(x) for x in out) < skip + count:
+            out.append(np.random.default_rng([self.seed, p, 1]).permutation(len(self.lengths))[:m])
+            p += 1
+        return np.concatenate(out)[skip:skip + count]
+
     def draw(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         rng = np.random.default_rng([self.seed, epoch])
-        traj = rng.choice(len(self.lengths), size=self.n, p=self.p)
-        room = np.maximum(self.lengths[traj] - self.K, 0) + 1  # number of valid starts
+        if self.sampling == "length":
+            traj = rng.choice(len(self.lengths), size=self.n, p=self.p)
+        else:
+            traj = self._passes(epoch * self.n, self.n)
+        L_ = self.lengths[traj]
+        room = np.maximum(L_ - self.K, 0) + 1 if self.window_start == "fit" else L_  # number of valid starts
         start = np.floor(rng.random(self.n) * room).astype(np.int64)
         return traj, start
 
@@ -66,9 +105,9 @@ class WindowSampler(Sampler):
 class WindowDataset(Dataset):
     """Index (trajectory, start) -> one padded window of K steps (tensors)."""
 
-    def __init__(self, trajs: list[Trajectory], mean: np.ndarray, std: np.ndarray, context_len: int, rtg_scale: float):
+    def __init__(self, trajs: list[Trajectory], stats: StateStats, context_len: int, rtg_scale: float):
         self.K = context_len
-        self.states = [normalize_states(t.observations, mean, std) for t in trajs]  # (T, S) each
+        self.states = [stats.normalize(t.observations) for t in trajs]  # (T, S) each
         self.actions = [t.actions for t in trajs]
         self.rtg = [returns_to_go(t.rewards, rtg_scale) for t in trajs]  # (T,) each, scaled
 
@@ -93,13 +132,20 @@ class WindowDataset(Dataset):
         return len(self.rtg)
 
 
-def resolve_file(cfg) -> Path:
-    """The HDF5 file of ``cfg.dataset``: ``dataset.file`` when given (a relative path lives under
-    ``paths.data_root``), else the registry's one way (``aaren_bench.data.fetch``).
+def resolve_file(cfg) -> tuple[Path, dict]:
+    """The HDF5 file of ``cfg.dataset`` and where it came from (stored in the result record).
 
-    Nothing is written here: a dataset made in the simulator comes from
-    ``aaren-bench collect --dataset <name>`` (or ``--env ... --out FILE``), run explicitly.
+    - ``dataset.file`` when given (a relative path lives under ``paths.data_root``);
+    - a dataset made here (``halfcheetah-collected``): its file in the data root, written
+      beforehand by ``aaren-bench collect --dataset <name>``; nothing is written here;
+    - a D4RL dataset, by ``dataset.source``: ``auto`` (the canonical file if present, else a
+      verified Hugging Face hub copy, else a D4RL download, else a hub conversion:
+      ``tasks.rl.hub.locate``), ``d4rl`` (the canonical file only) or ``hub`` (the hub copy
+      only). When no source gives it, the error names both sources and where each file goes.
     """
+    from aaren_bench.data import fetch, get, sha256sum
+    from tasks.rl import hub
+
     data_root = Path(cfg.paths.data_root).expanduser()
     file = cfg.dataset.get("file")
     if file:
@@ -110,10 +156,23 @@ def resolve_file(cfg) -> Path:
                 f"dataset.file={path} does not exist; write one with "
                 f"`aaren-bench collect --env {cfg.dataset.env} --out {path}` or place a D4RL-layout HDF5 file there"
             )
-        return path
-    from aaren_bench.data import fetch
-
-    return next(iter(fetch(cfg.dataset.name, data_root).values()))
+        return path, {"source": "file", "file": str(path), "sha256": sha256sum(path)}
+    spec = get(cfg.dataset.name)
+    source = str(cfg.dataset.get("source") or "auto")
+    if source not in SOURCES:
+        raise ConfigError(f"dataset.source must be one of {SOURCES}; got {source!r}")
+    recipe = spec.info.get("collect")
+    if recipe:
+        if source == "hub":
+            raise ConfigError(f"dataset {spec.name!r} is made on this machine (aaren-bench collect), not on the hub; "
+                              f"drop dataset.source=hub")
+        path = next(iter(fetch(spec, data_root, download=False).values()))
+        return path, {"source": "aaren-bench collect", "file": spec.files[0].path, "recipe": dict(recipe),
+                      "sha256": sha256sum(path)}
+    if source == "hub":
+        path = hub.fetch_from_hub(spec, data_root)
+        return path, hub.verify_hub_copy(spec, data_root)
+    return hub.locate(spec, data_root, use_hub=source == "auto")
 
 
 class RLDataModule(L.LightningDataModule):
@@ -121,28 +180,34 @@ class RLDataModule(L.LightningDataModule):
         super().__init__()
         self.cfg = cfg
         self.trajs: list[Trajectory] | None = None
+        self.data_source: dict | None = None  # where the file came from (Task.record_extras puts it in the record)
 
     def prepare(self) -> None:
         """Load, check and split the dataset once (``build`` needs its sizes)."""
         if self.trajs is not None:
             return
-        path = resolve_file(self.cfg)
+        path, source = resolve_file(self.cfg)
         data = load_d4rl(path)
-        self.path = path
+        self.path, self.data_source = path, source
         self.trajs = split_trajectories(data)
         self.obs_dim, self.act_dim = data["observations"].shape[1], data["actions"].shape[1]
-        from aaren_bench.data import get
+        if not self.cfg.dataset.get("file"):
+            from aaren_bench.data import get
 
-        # the catalog's dims of the registry's file (a dataset.file of your own is checked against the env)
-        info = {} if self.cfg.dataset.get("file") else get(self.cfg.dataset.name).info
-        want = info.get("obs_dim"), info.get("act_dim")
-        if (want[0] and want[0] != self.obs_dim) or (want[1] and want[1] != self.act_dim):
-            raise D4RLFormatError(
-                f"{path}: observations/actions have {self.obs_dim}/{self.act_dim} dims, "
-                f"but dataset {self.cfg.dataset.name} expects {want[0]}/{want[1]}; is it the right file?"
-            )
-        self.mean, self.std = state_stats(self.trajs)
-        check_inputs(self.trajs, self.mean, self.std, float(self.cfg.task.rtg_scale), str(path))
+            info = get(self.cfg.dataset.name).info  # the catalog's dims of this dataset
+            want = info.get("obs_dim"), info.get("act_dim")
+            if (want[0] and want[0] != self.obs_dim) or (want[1] and want[1] != self.act_dim):
+                raise D4RLFormatError(
+                    f"{path}: observations/actions have {self.obs_dim}/{self.act_dim} dims, "
+                    f"but dataset {self.cfg.dataset.name} expects {want[0]}/{want[1]}; is it the right file?"
+                )
+        self.stats = state_stats(self.trajs)
+        if self.stats.constant.any():
+            cols = np.nonzero(self.stats.constant)[0]
+            log.warning("%s: %d observation column(s) are constant in the data (%s): they carry no information and "
+                        "are held at 0 after normalisation, in training and at evaluation", path.name, len(cols),
+                        _ranges(cols))
+        check_inputs(self.trajs, self.stats, float(self.cfg.task.rtg_scale), str(path))
         lengths = np.array([len(t) for t in self.trajs])
         log.info("%s: %d transitions, %d trajectories (length %d-%d), obs %d, act %d", path.name,
                  lengths.sum(), len(lengths), lengths.min(), lengths.max(), self.obs_dim, self.act_dim)
@@ -152,12 +217,34 @@ class RLDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         t = self.cfg.task
-        ds = WindowDataset(self.trajs, self.mean, self.std, t.context_len, t.rtg_scale)
+        ds = WindowDataset(self.trajs, self.stats, t.context_len, t.rtg_scale)
         lengths = np.array([len(x) for x in self.trajs])
-        sampler = WindowSampler(lengths, t.context_len, t.steps_per_epoch * t.batch_size, seed=int(self.cfg.seed))
-        return DataLoader(ds, batch_size=t.batch_size, sampler=sampler, num_workers=t.num_workers,
-                          persistent_workers=t.num_workers > 0)
+        sampler = WindowSampler(lengths, t.context_len, t.steps_per_epoch * t.batch_size, seed=int(self.cfg.seed),
+                                batch_size=int(t.batch_size), sampling=str(t.get("sampling", "length")),
+                                window_start=str(t.get("window_start", "fit")))
+        # resumable mid-epoch: the window order depends on (seed, epoch) only (aaren_bench/resume.py)
+        return ResumableLoader(ds, batch_size=t.batch_size, sampler=sampler, seed=int(self.cfg.seed),
+                               num_workers=t.num_workers, persistent_workers=t.num_workers > 0)
 
-    def test_dataloader(self) -> DataLoader:
+    def _episodes(self) -> DataLoader:
         n, per = int(self.cfg.task.eval_episodes), int(self.cfg.task.eval_batch)
         return DataLoader(torch.arange(n), batch_size=per, shuffle=False)
+
+    def val_dataloader(self):
+        """The evaluation after every epoch (``task.eval_curve``); none without it."""
+        return self._episodes() if self.cfg.task.get("eval_curve") else []
+
+    def test_dataloader(self) -> DataLoader:
+        return self._episodes()
+
+
+def _ranges(cols: np.ndarray) -> str:
+    """[27, 28, ..., 110, 115] -> '27-110, 115'"""
+    out, start = [], None
+    for i, c in enumerate(cols):
+        if start is None:
+            start = c
+        if i + 1 == len(cols) or cols[i + 1] != c + 1:
+            out.append(f"{start}-{c}" if c > start else f"{c}")
+            start = None
+    return ", ".join(out)

@@ -1,10 +1,19 @@
 """Gymnasium MuJoCo environments matching the D4RL -v2 data, with space checks.
 
-D4RL's data came from mujoco-py ``*-v3`` environments (ant: ``Ant-v2``-style 111-d
-observations with contact forces). Their closest maintained successors are gymnasium's
-``*-v4`` environments (same models and observation layout, the ``mujoco`` bindings
-instead of mujoco-py); ``Ant-v4`` needs ``use_contact_forces=True`` for the 111-d
-observation (``Ant-v5`` gives 105 or 27). The simulator runs headless.
+D4RL's data came from mujoco-py ``*-v3`` environments. Their closest maintained successors
+are gymnasium's ``*-v4`` environments (same models and observation layout, the ``mujoco``
+bindings instead of mujoco-py). The simulator runs headless.
+
+Ant, made the way its data was made. D4RL's ant observations have 111 columns: 27 of
+position and velocity, then 84 external contact forces (``cfrc_ext``). Under mujoco-py
+with MuJoCo 2.0, which wrote the data, ``cfrc_ext`` was never filled: those 84 columns are
+zero in every D4RL ant file, and so was the contact cost that the v3 reward subtracts.
+Gymnasium's ``Ant-v4(use_contact_forces=True)`` fills both: its observations differ from
+the data in 84 columns (the data's std there is ~0, so normalised inputs would reach
+~1e6) and its reward subtracts a contact cost the data never had. So ant is evaluated
+as ``Ant-v4(use_contact_forces=False)`` (27 columns; reward = forward + healthy - control
+cost, as in the data) with 84 zero columns appended: the observation and the reward the
+data's environment produced. ``EnvSpec.zero_pad`` says how many.
 """
 from __future__ import annotations
 
@@ -19,21 +28,32 @@ from aaren_bench.errors import ConfigError
 @dataclass(frozen=True)
 class EnvSpec:
     gym_id: str
-    obs_dim: int
+    obs_dim: int  # the data's observation size (after ``zero_pad``)
     act_dim: int
     kwargs: dict = field(default_factory=dict)
+    zero_pad: int = 0  # zero columns appended to the environment's observation (ant: contact forces)
 
 
 ENVS: dict[str, EnvSpec] = {
     "halfcheetah": EnvSpec("HalfCheetah-v4", 17, 6),
     "hopper": EnvSpec("Hopper-v4", 11, 3),
     "walker2d": EnvSpec("Walker2d-v4", 17, 6),
-    "ant": EnvSpec("Ant-v4", 111, 8, {"use_contact_forces": True}),
+    "ant": EnvSpec("Ant-v4", 111, 8, {"use_contact_forces": False}, zero_pad=84),
 }
 
 
 class EnvMismatchError(ConfigError):
     """The environment's observation or action space does not fit the dataset."""
+
+
+def zero_pad(env, n: int):
+    """``env`` with ``n`` zero columns appended to every observation (reset and step)."""
+    import gymnasium as gym
+
+    space = env.observation_space
+    padded = gym.spaces.Box(np.concatenate([space.low, np.zeros(n, space.dtype)]),
+                            np.concatenate([space.high, np.zeros(n, space.dtype)]), dtype=space.dtype)
+    return gym.wrappers.TransformObservation(env, lambda obs: np.concatenate([obs, np.zeros(n, obs.dtype)]), padded)
 
 
 def env_spec(name: str) -> EnvSpec:
@@ -58,6 +78,8 @@ def make_env(name: str, obs_dim: int | None = None, act_dim: int | None = None, 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is out of date.*")  # v4 is chosen on purpose (see module doc)
         env = gym.make(spec.gym_id, **kwargs)
+    if spec.zero_pad:
+        env = zero_pad(env, spec.zero_pad)
     check_spaces(env, name, obs_dim, act_dim)
     return env
 
@@ -71,7 +93,7 @@ def check_spaces(env, name: str, obs_dim: int | None, act_dim: int | None) -> No
     if act_dim is not None and got_act != (act_dim,):
         problems.append(f"actions: data has {act_dim} dims, {env.spec.id} gives {got_act}")
     if problems:
-        hint = " (ant needs Ant-v4 with use_contact_forces=True: 111 dims)" if name == "ant" else ""
+        hint = " (D4RL ant data is 111-d: 27 + 84 contact-force columns)" if name == "ant" else ""
         raise EnvMismatchError(
             f"environment {name!r} does not match the dataset: " + "; ".join(problems) + hint
             + ". Check dataset.env in the dataset config."

@@ -35,16 +35,19 @@ class DecisionModel(nn.Module):
         self.embed_time = nn.Embedding(max_timestep, D)
         self.embed_ln = nn.LayerNorm(D)
         self.head = nn.Sequential(nn.Linear(D, act_dim), nn.Tanh())
-        # dataset state statistics travel with the checkpoint
+        # dataset state statistics travel with the checkpoint (tasks.rl.d4rl.StateStats)
         self.register_buffer("state_mean", torch.zeros(obs_dim))
         self.register_buffer("state_std", torch.ones(obs_dim))
+        self.register_buffer("state_keep", torch.ones(obs_dim))  # 0: a column constant in the data
 
-    def set_state_stats(self, mean, std) -> None:
-        self.state_mean.copy_(torch.as_tensor(mean, dtype=self.state_mean.dtype))
-        self.state_std.copy_(torch.as_tensor(std, dtype=self.state_std.dtype))
+    def set_state_stats(self, stats) -> None:
+        """``stats``: a :class:`tasks.rl.d4rl.StateStats` (mean, std, keep)."""
+        for buf, value in ((self.state_mean, stats.mean), (self.state_std, stats.std), (self.state_keep, stats.keep)):
+            buf.copy_(torch.as_tensor(value, dtype=buf.dtype))
 
     def normalize(self, states: Tensor) -> Tensor:
-        return (states - self.state_mean) / self.state_std
+        """Raw observations (..., S) -> the model's inputs, as in training: constant columns are 0."""
+        return (states - self.state_mean) / self.state_std * self.state_keep
 
     def _check_time(self, timesteps: Tensor) -> None:
         if int(timesteps.max()) >= self.max_timestep:

@@ -1,4 +1,20 @@
-"""The offline-RL LightningModule: action MSE in training, simulator episodes in test."""
+"""The offline-RL LightningModule: action MSE in training, simulator episodes in evaluation.
+
+Evaluation runs ``task.eval_episodes`` episodes per target return (``Evaluation.targets``;
+the first is the reported one, the others are recorded beside it):
+
+- with ``task.eval_curve``, after every epoch (an anchor's training iteration): the
+  validation loop. Each point goes to the logger (``val/normalized_score``, ...) and to
+  ``curve``, which travels in checkpoints and ends up in the result record
+  (``RLTask.record_extras``). Its episodes reset with seeds drawn from (eval_seed, seed,
+  step), fresh at every evaluation, as the anchors' unseeded resets are.
+- in ``trainer.test``: the reported evaluation (episode i resets with eval_seed + 1000
+  seed + i). Without model selection the test is the evaluation of the last weights, so
+  the curve's final point is the test itself (the validation at the last step is skipped,
+  not run twice). With selection (protocol=mindt: ``task.monitor: val/normalized_score``)
+  the best checkpoint of the curve is evaluated again with fresh episodes, as min-DT's
+  README numbers were made; the test then also logs the curve's last and best points.
+"""
 from __future__ import annotations
 
 import logging
@@ -8,7 +24,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from tasks.rl.acting import Agent, run_episodes
+from tasks.rl.acting import Agent, EpisodeStats, run_episodes
 from tasks.rl.d4rl import normalized_score
 from tasks.rl.envs import make_env
 from tasks.rl.model import DecisionModel
@@ -29,27 +45,56 @@ def warmup_lambda(warmup_steps: int):
 
 @dataclass(frozen=True)
 class Evaluation:
-    """How the test runs episodes in the simulator (conf/task/rl.yaml, the dataset's target)."""
+    """How episodes are run in the simulator (conf/task/rl.yaml, the protocol, the dataset's target)."""
 
     env: str
-    target_return: float
+    targets: tuple[float, ...]  # returns-to-go at t = 0; the first is the reported one
     rtg_scale: float
     context_len: int
     acting: str = "window"  # window | stream
-    episodes: int = 10
+    episodes: int = 10  # per target
     max_ep_len: int = 1000
     debug_ep_len: int = 50  # under fast_dev_run
-    eval_seed: int = 10000  # episode i of seed s resets with eval_seed + 1000 s + i
+    eval_seed: int = 10000  # test episode i of seed s resets with eval_seed + 1000 s + i
     seed: int = 0
     threads: int = 1
+    final_is_test: bool = True  # no model selection: the test evaluates the last weights
+
+    @property
+    def target_return(self) -> float:
+        return self.targets[0]
 
     @classmethod
     def from_cfg(cls, cfg) -> "Evaluation":
         t = cfg.task
-        return cls(env=str(cfg.dataset.env), target_return=float(cfg.dataset.target_return),
-                   rtg_scale=float(t.rtg_scale), context_len=int(t.context_len), acting=str(t.acting),
-                   episodes=int(t.eval_episodes), max_ep_len=int(t.max_ep_len), debug_ep_len=int(t.debug_ep_len),
-                   eval_seed=int(t.eval_seed), seed=int(cfg.seed), threads=int(t.eval_threads))
+        return cls(env=str(cfg.dataset.env), targets=target_returns(cfg), rtg_scale=float(t.rtg_scale),
+                   context_len=int(t.context_len), acting=str(t.acting), episodes=int(t.eval_episodes),
+                   max_ep_len=int(t.max_ep_len), debug_ep_len=int(t.debug_ep_len), eval_seed=int(t.eval_seed),
+                   seed=int(cfg.seed), threads=int(t.eval_threads), final_is_test=not t.get("monitor"))
+
+
+def target_returns(cfg) -> tuple[float, ...]:
+    """The protocol's targets for this env (``task.target_returns.<env>``, e.g. kzl DT's two), else
+    the dataset's ``target_return``."""
+    per_env = cfg.task.get("target_returns") or {}
+    targets = per_env.get(str(cfg.dataset.env)) if hasattr(per_env, "get") else None
+    if targets is None:
+        return (float(cfg.dataset.target_return),)
+    targets = tuple(float(x) for x in targets)
+    if not targets:
+        raise ValueError(f"task.target_returns.{cfg.dataset.env} is empty; give at least one target return")
+    return targets
+
+
+def summarize(env: str, returns: np.ndarray, lengths: np.ndarray) -> dict[str, float]:
+    scores = normalized_score(env, returns)
+    return {"normalized_score": float(scores.mean()), "normalized_score_std": float(scores.std()),
+            "return": float(returns.mean()), "return_std": float(returns.std()),
+            "episode_length": float(lengths.mean()), "episodes": float(len(returns))}
+
+
+def _label(target: float) -> str:
+    return f"{target:g}"
 
 
 class DecisionModule(L.LightningModule):
@@ -58,8 +103,8 @@ class DecisionModule(L.LightningModule):
         self.model, self.optimizer_factory, self.evaluation = model, optimizer, evaluation
         self.warmup_steps = warmup_steps
         self.env_name = evaluation.env
-        self._returns: list[np.ndarray] = []
-        self._lengths: list[np.ndarray] = []
+        self.curve: list[dict] = []  # one point per evaluation: step, epoch, per target scores
+        self._acc: dict[float, list[EpisodeStats]] = {}
         self._wall = 0.0
 
     def parameter_split(self) -> dict[str, int]:
@@ -80,45 +125,116 @@ class DecisionModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # -- evaluation in the simulator ----------------------------------------------------
-    def make_agent(self, mode: str | None = None) -> Agent:
+    def make_agent(self, mode: str | None = None, target: float | None = None) -> Agent:
         e = self.evaluation
-        return Agent(self.model, e.target_return, e.rtg_scale, e.context_len, mode or e.acting, max_ep_len=e.max_ep_len)
+        return Agent(self.model, e.target_return if target is None else target, e.rtg_scale, e.context_len,
+                     mode or e.acting, max_ep_len=e.max_ep_len)
 
-    def on_test_epoch_start(self) -> None:
-        self._returns, self._lengths, self._wall = [], [], 0.0
-
-    def test_step(self, batch, batch_idx):
-        episodes = batch.tolist()
+    def _run_batch(self, episodes: list[int], seeds: list[int]) -> None:
+        """Run these episodes once per target, in lockstep; accumulate per target."""
         e = self.evaluation
         max_len = e.max_ep_len
         if self.trainer.fast_dev_run:  # a smoke test: short episodes, no record is written
-            max_len, episodes = min(max_len, e.debug_ep_len), episodes[:2]
+            max_len, episodes, seeds = min(max_len, e.debug_ep_len), episodes[:2], seeds[:2]
             log.info("fast_dev_run: evaluation cut to %d episodes of %d steps", len(episodes), max_len)
-        envs = [make_env(self.env_name, self.model.obs_dim, self.model.act_dim, max_len) for _ in episodes]
-        seeds = [e.eval_seed + 1000 * e.seed + i for i in episodes]
         threads = torch.get_num_threads()
         torch.set_num_threads(e.threads)
         try:
-            stats = run_episodes(self.make_agent(), envs, seeds, max_len)
+            for target in e.targets:
+                envs = [make_env(self.env_name, self.model.obs_dim, self.model.act_dim, max_len) for _ in episodes]
+                try:
+                    stats = run_episodes(self.make_agent(target=target), envs, seeds, max_len)
+                finally:
+                    for env in envs:
+                        env.close()
+                self._acc.setdefault(target, []).append(stats)
+                self._wall += stats.wall_s
         finally:
             torch.set_num_threads(threads)
-            for env in envs:
-                env.close()
-        self._returns.append(stats.returns)
-        self._lengths.append(stats.lengths)
-        self._wall += stats.wall_s
+
+    def _point(self) -> dict:
+        """The accumulated episodes -> one evaluation point (first target's figures at top level)."""
+        by_target = {}
+        for target, parts in self._acc.items():
+            returns = np.concatenate([p.returns for p in parts])
+            lengths = np.concatenate([p.lengths for p in parts])
+            by_target[_label(target)] = summarize(self.env_name, returns, lengths)
+        first = by_target[_label(self.evaluation.targets[0])]
+        return {"step": int(self.global_step), "epoch": int(self.current_epoch), **first, "by_target": by_target}
+
+    def _log_point(self, stage: str, point: dict) -> None:
+        for k in ("normalized_score", "normalized_score_std", "return", "return_std", "episode_length", "episodes"):
+            self.log(f"{stage}/{k}", point[k])
+        if len(point["by_target"]) > 1:
+            for label, figures in point["by_target"].items():
+                for k in ("normalized_score", "return"):
+                    self.log(f"{stage}/{k}@{label}", figures[k])
+
+    def _skip_validation(self) -> bool:
+        """No episodes in the sanity check, and none at the last step when the test evaluates those weights."""
+        if self.trainer.sanity_checking:
+            return True
+        last = self.trainer.max_steps is not None and 0 < self.trainer.max_steps <= self.global_step
+        return self.evaluation.final_is_test and last and not self.trainer.fast_dev_run
+
+    def on_validation_epoch_start(self) -> None:
+        self._acc, self._wall = {}, 0.0
+
+    def validation_step(self, batch, batch_idx):
+        if self._skip_validation():
+            return
+        e = self.evaluation
+        episodes = batch.tolist()
+        seeds = [int(np.random.SeedSequence([e.eval_seed, e.seed, int(self.global_step), i]).generate_state(1)[0])
+                 for i in episodes]
+        self._run_batch(episodes, seeds)
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._acc:
+            return
+        point = self._point()
+        self.curve.append(point)
+        self._log_point("val", point)
+
+    def on_test_epoch_start(self) -> None:
+        self._acc, self._wall = {}, 0.0
+
+    def test_step(self, batch, batch_idx):
+        e = self.evaluation
+        episodes = batch.tolist()
+        self._run_batch(episodes, [e.eval_seed + 1000 * e.seed + i for i in episodes])
 
     def on_test_epoch_end(self) -> None:
-        returns, lengths = np.concatenate(self._returns), np.concatenate(self._lengths)
-        scores = normalized_score(self.env_name, returns)
-        metrics = {
-            "test/normalized_score": scores.mean(),
-            "test/normalized_score_std": scores.std(),
-            "test/return": returns.mean(),
-            "test/return_std": returns.std(),
-            "test/episode_length": lengths.mean(),
-            "test/episodes": float(len(returns)),
-            "test/env_steps_per_s": lengths.sum() / max(self._wall, 1e-9),
-        }
-        for k, v in metrics.items():
-            self.log(k, float(v))
+        point = self._point()
+        point["test"] = True
+        self._log_point("test", point)
+        steps = sum(float(p.lengths.sum()) for parts in self._acc.values() for p in parts)
+        self.log("test/env_steps_per_s", steps / max(self._wall, 1e-9))
+        if self.evaluation.final_is_test and (not self.curve or self.curve[-1]["step"] < point["step"]):
+            self.curve.append(point)  # the last weights' evaluation closes the curve
+        if len(self.curve) > 1 or not self.evaluation.final_is_test:  # both statistics, whichever one is reported
+            best = max(self.curve, key=lambda p: p["normalized_score"])
+            self.log("test/last_eval_normalized_score", self.curve[-1]["normalized_score"])
+            self.log("test/best_eval_normalized_score", best["normalized_score"])
+            self.log("test/best_eval_step", float(best["step"]))
+
+    def evaluation_summary(self) -> dict:
+        """For the result record: targets, what the test reports, and the evaluation curve."""
+        e = self.evaluation
+        out = {"targets": list(e.targets), "reported_target": e.targets[0], "episodes_per_target": e.episodes,
+               "reported": "last" if e.final_is_test else "best checkpoint of the curve, evaluated again",
+               "curve": self.curve}
+        if self.curve:
+            out["last"] = self.curve[-1]
+            out["best"] = max(self.curve, key=lambda p: p["normalized_score"])
+        return out
+
+    # the curve travels in checkpoints: a resumed run keeps its earlier points, and testing the
+    # best checkpoint (which holds the curve as it was then) does not shorten it
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["rl_eval_curve"] = list(self.curve)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        saved = checkpoint.get("rl_eval_curve") or []
+        if len(saved) > len(self.curve):
+            self.curve = list(saved)

@@ -84,9 +84,28 @@ def test_normalized_score_unknown_env():
 
 def test_state_stats(tmp_path):
     raw = write_raw_d4rl(tmp_path / "x.hdf5")
-    mean, std = state_stats(split_trajectories(load_d4rl(tmp_path / "x.hdf5")))
-    np.testing.assert_allclose(mean, raw["observations"].mean(0), rtol=1e-5)
-    np.testing.assert_allclose(std, raw["observations"].std(0) + 1e-6, rtol=1e-5)
+    stats = state_stats(split_trajectories(load_d4rl(tmp_path / "x.hdf5")))
+    np.testing.assert_allclose(stats.mean, raw["observations"].mean(0), rtol=1e-5)
+    np.testing.assert_allclose(stats.std, raw["observations"].std(0) + 1e-6, rtol=1e-5)  # as both DT code bases
+    assert not stats.constant.any()
+
+
+def test_constant_columns_are_held_at_zero(tmp_path):
+    """A column constant in the data (std ~0) is not divided by ~1e-6: std 1, and 0 after
+    normalisation, whatever value is fed later."""
+    obs = np.random.default_rng(0).standard_normal((7, 4)).astype(np.float32)
+    obs[:, 1] = 0.0  # exactly constant, as D4RL ant's contact forces
+    obs[:, 3] = 2.5 + np.float32(1e-8) * np.arange(7)  # constant up to float32 rounding
+    write_raw_d4rl(tmp_path / "x.hdf5", obs=4, observations=obs)
+    stats = state_stats(split_trajectories(load_d4rl(tmp_path / "x.hdf5")))
+    assert stats.constant.tolist() == [False, True, False, True]
+    assert stats.std[1] == 1.0 and stats.std[3] == 1.0 and stats.keep.tolist() == [1, 0, 1, 0]
+    z = stats.normalize(obs)
+    assert (z[:, [1, 3]] == 0).all()
+    np.testing.assert_allclose(z[:, 0], (obs[:, 0] - obs[:, 0].mean()) / (obs[:, 0].std() + 1e-6), rtol=1e-4)
+    unseen = obs[:1].copy()
+    unseen[0, 1], unseen[0, 3] = 0.7, -1.0  # an environment that fills the column
+    assert (stats.normalize(unseen)[0, [1, 3]] == 0).all()
 
 
 def test_writer_roundtrip_and_dtypes(tmp_path):

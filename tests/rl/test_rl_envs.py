@@ -18,7 +18,8 @@ def test_env_sizes_match_d4rl(name):
     env.close()
 
 
-def test_ant_has_contact_forces():
+def test_ant_has_the_data_layout():
+    """111 columns: Ant-v4 without contact forces (27) and the data's 84 zero columns (tests/rl/test_rl_ant.py)."""
     env = make_env("ant", 111, 8)
     assert env.observation_space.shape == (111,)
     env.close()
@@ -27,7 +28,7 @@ def test_ant_has_contact_forces():
 def test_space_mismatch_is_clear():
     with pytest.raises(EnvMismatchError, match=r"observations: data has 11 dims, HalfCheetah-v4 gives \(17,\)"):
         make_env("halfcheetah", 11, 6)
-    with pytest.raises(EnvMismatchError, match="use_contact_forces"):
+    with pytest.raises(EnvMismatchError, match=r"27 \+ 84 contact-force columns"):
         make_env("ant", 27, 8)
 
 

@@ -261,7 +261,7 @@ def test_datamodule_reads_the_hub_copy(tmp_path, loader):
     from tasks.rl.data import RLDataModule
 
     path = hub.fetch_from_hub("hopper-medium-expert", tmp_path, loader=loader)
-    cfg = OmegaConf.create({"paths": {"data_root": str(tmp_path)}, "seed": 0, "task": {"rtg_scale": 1000},
+    cfg = OmegaConf.create({"paths": {"data_root": str(tmp_path)}, "seed": 0, "task": {"rtg_scale": 1000.0},
                             "dataset": {"name": "hopper-medium-expert", "env": "hopper", "obs_dim": 11, "act_dim": 3,
                                         "file": str(path)}})
     dm = RLDataModule(cfg)
@@ -284,3 +284,51 @@ def test_rewards_and_dones_stored_as_t_by_1(tmp_path):
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
     assert hub.rows_sha256(a, la) == hub.rows_sha256(b, lb)
+
+
+# --- the run loop: a hub copy reaches the result record ---------------------------------------------------------
+
+TINY_RUN = [
+    "task.backbone.d_model=16", "task.backbone.n_layers=1", "task.backbone.d_ff=32",
+    "task.batch_size=4", "task.steps_per_epoch=2", "task.max_steps=4", "task.warmup_steps=2", "task.context_len=5",
+    "task.eval_episodes=2", "task.eval_batch=2", "task.max_ep_len=20",
+    "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "logger=none",
+]
+
+
+def test_hub_copy_reaches_the_record_with_its_source(tmp_path, loader, monkeypatch, runs_dir):
+    """No canonical file, no download: the run trains on the converted hub copy, and the record says so."""
+    pytest.importorskip("mujoco")
+    from aaren_bench.run import train
+    from aaren_bench.study import compose_config
+
+    no_download(monkeypatch)
+    path = hub.fetch_from_hub("hopper-medium", tmp_path, loader=loader)  # converted once (on a machine online)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the run itself contacts nothing
+    rec = train(compose_config(["dataset=hopper-medium", f"paths.data_root={tmp_path}", "model=aaren", *TINY_RUN]))
+    source = rec["data_source"]
+    assert source["source"] == "huggingface-hub" and source["repo"] == hub.HUB_REPO
+    assert source["revision"] == hub.HUB_REVISION and source["configs"] == ["hopper-medium-v2"]
+    assert source["sha256"] == sha256sum(path) and source["file"] == path.name
+    saved = json.loads((runs_dir / rec["cell"] / "result.json").read_text())
+    assert saved["data_source"] == source
+    assert saved["evaluation"]["curve"][-1]["step"] == 4 and np.isfinite(saved["metrics"]["test/normalized_score"])
+
+
+def test_dataset_source_hub_on_request(tmp_path, loader, monkeypatch):
+    """dataset.source=hub takes the hub copy even beside a canonical file; d4rl refuses the hub copy."""
+    from aaren_bench.study import compose_config
+    from tasks.rl.data import resolve_file
+
+    no_download(monkeypatch)
+    path = hub.fetch_from_hub("hopper-medium", tmp_path, loader=loader)
+    canonical = tmp_path / get("hopper-medium").files[0].path
+    canonical.write_bytes(path.read_bytes())
+    cfg = compose_config(["dataset=hopper-medium", f"paths.data_root={tmp_path}", "dataset.source=hub"])
+    assert resolve_file(cfg) == (path, hub.verify_hub_copy("hopper-medium", tmp_path))
+    cfg = compose_config(["dataset=hopper-medium", f"paths.data_root={tmp_path}"])
+    assert resolve_file(cfg)[1]["source"] == "d4rl"
+    canonical.unlink()
+    cfg = compose_config(["dataset=hopper-medium", f"paths.data_root={tmp_path}", "dataset.source=d4rl"])
+    with pytest.raises(DatasetNotFound, match="gym_mujoco_v2/hopper_medium-v2.hdf5"):
+        resolve_file(cfg)

@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from aaren_bench.nn import build_backbone
 from tasks.rl.acting import Agent
-from tasks.rl.d4rl import Trajectory
+from tasks.rl.d4rl import StateStats, Trajectory
 from tasks.rl.data import WindowDataset, WindowSampler
 from tasks.rl.model import DecisionModel, interleave
 from tasks.rl.module import masked_mse, warmup_lambda
@@ -20,7 +20,7 @@ def small_model(kind: str, seed: int = 0) -> DecisionModel:
     torch.manual_seed(seed)
     cfg = OmegaConf.create(dict(name=kind, mixer=kind, d_model=16, n_layers=2, n_heads=2, d_ff=32, dropout=0.1, norm_first=True))
     m = DecisionModel(build_backbone(cfg), S, A, max_timestep=64)
-    m.set_state_stats(np.full(S, 0.5, np.float32), np.full(S, 2.0, np.float32))
+    m.set_state_stats(StateStats(np.full(S, 0.5, np.float32), np.full(S, 2.0, np.float32), np.zeros(S, bool)))
     return m.eval()
 
 
@@ -45,8 +45,41 @@ def test_sampler_proportional_to_length_and_seeded():
     assert list(s)[:5] == list(zip(*[x[:5].tolist() for x in s.draw(1)]))
 
 
+def test_sampler_uniform_is_min_dt_shuffled_passes():
+    """sampling=uniform: shuffled passes over the trajectories, each cut to whole batches (drop_last),
+    continued across epochs; every trajectory equally likely whatever its length."""
+    lengths = np.array([10, 30, 60, 5, 7])
+    s = WindowSampler(lengths, context_len=4, n_samples=6, seed=1, batch_size=2, sampling="uniform")
+    assert s.pass_len == 4
+    stream = np.concatenate([s.draw(e)[0] for e in range(4)])  # 24 samples = 6 passes of 4
+    for p in range(6):
+        one_pass = stream[4 * p: 4 * p + 4]
+        assert len(set(one_pass.tolist())) == 4  # no trajectory twice within a pass
+    big = WindowSampler(lengths, 4, 64 * 300, seed=2, batch_size=64, sampling="uniform")
+    assert big.pass_len == 5  # fewer trajectories than a batch: the pass stays whole
+    counts = np.bincount(big.draw(0)[0], minlength=5)
+    assert counts.min() == counts.max()  # whole passes: exactly uniform
+    np.testing.assert_array_equal(s.draw(3)[0], WindowSampler(lengths, 4, 6, 1, 2, "uniform").draw(3)[0])  # seeded
+
+
+def test_sampler_any_start_cuts_windows_at_the_end():
+    """window_start=any (kzl DT): the start is uniform over every step; the window is cut at the end."""
+    lengths = np.array([3, 30])
+    s = WindowSampler(lengths, context_len=20, n_samples=20000, seed=0, window_start="any")
+    traj_idx, start = s.draw(0)
+    assert start[traj_idx == 1].max() == 29 and start[traj_idx == 0].max() == 2
+    with pytest.raises(Exception, match="task.window_start must be one of"):
+        WindowSampler(lengths, 20, 10, 0, window_start="middle")
+    with pytest.raises(Exception, match="task.sampling must be one of"):
+        WindowSampler(lengths, 20, 10, 0, sampling="weighted")
+    stats = StateStats(np.zeros(S, np.float32), np.ones(S, np.float32), np.zeros(S, bool))
+    w = WindowDataset([traj(30)], stats, context_len=5, rtg_scale=1.0)[(0, 28)]
+    assert w["mask"].tolist() == [True, True, False, False, False] and w["timesteps"][:2].tolist() == [28, 29]
+
+
 def test_window_padding_rtg_and_normalisation():
-    ds = WindowDataset([traj(3), traj(30)], mean=np.zeros(S), std=np.full(S, 2.0), context_len=5, rtg_scale=10.0)
+    stats = StateStats(np.zeros(S, np.float32), np.full(S, 2.0, np.float32), np.zeros(S, bool))
+    ds = WindowDataset([traj(3), traj(30)], stats, context_len=5, rtg_scale=10.0)
     w = ds[(0, 0)]
     assert w["mask"].tolist() == [True, True, True, False, False]
     np.testing.assert_allclose(w["rtg"][:3].numpy(), [0.3, 0.2, 0.1], rtol=1e-6)

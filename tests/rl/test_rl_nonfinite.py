@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from tasks.rl.d4rl import D4RLFormatError, Trajectory, check_inputs, load_d4rl, returns_to_go, state_stats
+from tasks.rl.d4rl import D4RLFormatError, StateStats, Trajectory, check_inputs, load_d4rl, returns_to_go, state_stats
 from tasks.rl.data import RLDataModule, WindowDataset
 
 
@@ -72,11 +72,11 @@ def test_huge_actions_are_refused(tmp_path):
 def test_states_at_float32_extremes_normalise_to_finite_values():
     obs = np.array([[-3e38], [3e38], [3e38]], np.float32)  # float32 (obs - mean) overflows
     traj = Trajectory(obs, np.zeros((3, 1), np.float32), np.ones(3, np.float32), False)
-    mean, std = state_stats([traj])
-    assert np.isfinite(mean).all() and np.isfinite(std).all()
-    ds = WindowDataset([traj], mean, std, context_len=3, rtg_scale=1.0)
+    stats = state_stats([traj])
+    assert np.isfinite(stats.mean).all() and np.isfinite(stats.std).all()
+    ds = WindowDataset([traj], stats, context_len=3, rtg_scale=1.0)
     assert np.isfinite(ds.states[0]).all() and np.abs(ds.states[0]).max() < 2
-    check_inputs([traj], mean, std, 1.0, "toy")
+    check_inputs([traj], stats, 1.0, "toy")
 
 
 def test_normalised_states_beyond_the_limit_name_the_place():
@@ -84,7 +84,8 @@ def test_normalised_states_beyond_the_limit_name_the_place():
     obs[3, 0] = 1e15
     traj = Trajectory(obs, np.zeros((4, 1), np.float32), np.ones(4, np.float32), False)
     with pytest.raises(D4RLFormatError, match=r"toy: normalised states of trajectory 0 reach 1e\+21 at step 3, dimension 0"):
-        check_inputs([traj], np.zeros(2, np.float32), np.full(2, 1e-6, np.float32), 1.0, "toy")
+        check_inputs([traj], StateStats(np.zeros(2, np.float32), np.full(2, 1e-6, np.float32), np.zeros(2, bool)), 1.0,
+                     "toy")
 
 
 @pytest.mark.parametrize("key", ["observations", "rewards"])

@@ -72,24 +72,12 @@ def test_seeded_runs_repeat(collected, tmp_path):
     assert a["test/return"] == pytest.approx(b["test/return"], rel=1e-6)
 
 
-def test_a_collected_dataset_is_made_by_an_explicit_command(tmp_path, runs_dir):
-    """Resolving a missing collected file never runs the simulator: the error names the command,
-    and `aaren-bench collect --dataset` writes the catalog's file, which the dataset then reads."""
+def test_missing_collected_file_names_the_collect_command(tmp_path, runs_dir):
+    """Nothing is written on first use: the message says which command writes the file, and where."""
     cfg = compose_rl("dataset=halfcheetah-collected", f"paths.data_root={tmp_path}", *TINY)
-    with pytest.raises(DatasetNotFound, match="aaren-bench collect --dataset halfcheetah-collected"):
+    with pytest.raises(DatasetNotFound, match=r"aaren-bench collect --dataset halfcheetah-collected"):
         build(cfg)
-    assert not any(tmp_path.rglob("*.hdf5"))
-    import tasks.rl.catalog as catalog
-
-    recipe = catalog.COLLECTED["halfcheetah-collected"]
-    old = dict(recipe)
-    recipe.update(episodes=1, max_steps=20)
-    try:
-        assert cli(["collect", "--dataset", "halfcheetah-collected", "--data-root", str(tmp_path)]) == 0
-    finally:
-        recipe.update(old)
-    _, dm, module, _ = build(cfg)
-    assert sum(len(t) for t in dm.trajs) == 20 and module.model.backbone.d_model == 16
+    assert not (tmp_path / "d4rl").exists()
 
 
 def test_env_not_matching_data(collected, runs_dir):
@@ -109,8 +97,15 @@ def test_d4rl_dataset_absent_offline_names_the_url(tmp_path, monkeypatch):
 
     monkeypatch.setattr("urllib.request.urlopen", offline)
     cfg = compose_rl("dataset=walker2d-medium-replay", f"paths.data_root={tmp_path}", *TINY)
-    with pytest.raises(DatasetNotFound, match="gym_mujoco_v2/walker2d_medium_replay-v2.hdf5"):
+    with pytest.raises(DatasetNotFound, match="gym_mujoco_v2/walker2d_medium_replay-v2.hdf5") as e:
+        build(cfg)  # HF_HUB_OFFLINE=1 (conftest): the hub is not contacted either
+    msg = str(e.value)
+    assert "decision_transformer_gym_replay" in msg and "walker2d-medium-replay-v2" in msg  # the second source
+    assert "HF_HUB_OFFLINE=1" in msg
+    cfg = compose_rl("dataset=ant-medium", f"paths.data_root={tmp_path}", *TINY)
+    with pytest.raises(DatasetNotFound, match="gym_mujoco_v2/ant_medium-v2.hdf5") as e:
         build(cfg)
+    assert "has no ant data" in str(e.value)
 
 
 def test_collect_with_saved_policy(tmp_path):
@@ -130,5 +125,24 @@ def test_collect_with_saved_policy(tmp_path):
 
 
 def test_collect_bad_policy_path(tmp_path):
-    with pytest.raises(FileNotFoundError, match="'random' or the path of a TorchScript policy"):
+    with pytest.raises(FileNotFoundError, match=r"'random', a named controller \(gait \(halfcheetah\)\) or the path"):
         cli(["collect", "--env", "hopper", "--policy", str(tmp_path / "nope.pt"), "--out", str(tmp_path / "x.hdf5")])
+
+
+def test_collect_with_the_gait_controller_and_a_noise_mix(tmp_path):
+    """`--policy gait` (halfcheetah): deterministic sinusoidal torques; `--noise 0,0.3` alternates clean and
+    noisy episodes in one file."""
+    from tasks.rl.controllers import CONTROLLERS
+
+    out = tmp_path / "gait.hdf5"
+    assert cli(["collect", "--env", "halfcheetah", "--policy", "gait", "--episodes", "2", "--max-steps", "200",
+                "--noise", "0,0.3", "--out", str(out)]) == 0
+    data = load_d4rl(out)
+    clean, noisy = split_trajectories(data)
+    gait = CONTROLLERS[("halfcheetah", "gait")](type("E", (), {"unwrapped": type("U", (), {"dt": 0.05})})())
+    want = np.stack([gait(None) for _ in range(200)])
+    np.testing.assert_allclose(clean.actions, want, atol=1e-6)
+    assert np.abs(noisy.actions - want).max() > 0.1
+    assert clean.rewards.sum() > 100  # it runs forward (a random policy loses about 0.3 per step)
+    with pytest.raises(ValueError, match="not to 'random'"):
+        cli(["collect", "--env", "halfcheetah", "--episodes", "1", "--noise", "0.1", "--out", str(tmp_path / "r.hdf5")])
