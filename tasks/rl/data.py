@@ -36,8 +36,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from aaren_bench.data import DatasetNotFound
 from aaren_bench.errors import ConfigError
-from tasks.rl.d4rl import (
 from aaren_bench.resume import ResumableLoader
+from tasks.rl.d4rl import (
     D4RLFormatError,
     StateStats,
     Trajectory,
