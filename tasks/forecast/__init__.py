@@ -1,9 +1,13 @@
-"""Long-term forecasting (Time-Series-Library protocol, ``task=forecast``)."""
+"""Long-term forecasting (``task=forecast``): the suite's protocol and the Time-Series-Library's."""
 from __future__ import annotations
 
 from aaren_bench.data import fetch, get
+from aaren_bench.errors import ConfigError
+from aaren_bench.nn.backbone import _BACKBONE_KEYS
+from aaren_bench.nn.mixers import mixer_factory
 from aaren_bench.task import Task
 from tasks.forecast.datamodule import ForecastDataModule
+from tasks.forecast.encdec import CrossAttention, DecoderLayer, EncoderDecoder
 from tasks.forecast.frame import FREQ_FEATURES, ForecastDataError, read_series, time_features
 from tasks.forecast.head import Forecaster, instance_norm
 from tasks.forecast.metrics import ErrorSums, mse_mae
@@ -11,10 +15,22 @@ from tasks.forecast.module import ForecastModule
 from tasks.forecast.windows import Scaler, SplitError, WindowDataset, n_windows, split_borders
 
 __all__ = [
-    "FREQ_FEATURES", "TASK", "ErrorSums", "ForecastDataError", "ForecastDataModule", "ForecastModule", "ForecastTask", "Forecaster",
-    "Scaler", "SplitError", "WindowDataset", "instance_norm", "mse_mae", "n_windows", "read_series",
+    "FREQ_FEATURES", "LAYOUTS", "TASK", "CrossAttention", "DecoderLayer", "EncoderDecoder", "ErrorSums",
+    "ForecastDataError", "ForecastDataModule", "ForecastModule", "ForecastTask", "Forecaster", "Scaler",
+    "SplitError", "WindowDataset", "decoder_mixer", "instance_norm", "mse_mae", "n_windows", "read_series",
     "split_borders", "time_features",
 ]
+
+LAYOUTS = ("stack", "encoder_decoder")
+
+
+def decoder_mixer(model_cfg):
+    """A factory ``d_model -> mixer`` for the decoder's self-attention under the anchor's layout:
+    the backbone's mixer with its options (``cfg.model``), always causal."""
+    options = {k: model_cfg[k] for k in model_cfg if k not in ("name", "mixer", *_BACKBONE_KEYS)}
+    if "causal" in options:
+        options["causal"] = True
+    return mixer_factory(model_cfg["mixer"], **options)
 
 
 class ForecastTask(Task):
@@ -40,12 +56,26 @@ class ForecastTask(Task):
             sentinel_policy=t.get("sentinel_policy", "keep"),
             batch_size=t.batch_size,
             num_workers=t.num_workers,
+            features=t.features,
+            drop_last=dict(t.drop_last),
         )
 
     def build_module(self, cfg, dm: ForecastDataModule, backbone, optimizer) -> ForecastModule:
         t = cfg.task
-        net = Forecaster(backbone=backbone, n_channels=dm.n_channels, n_marks=dm.n_marks, seq_len=t.seq_len,
-                         label_len=t.label_len, pred_len=t.pred_len, head=t.head, dropout=t.backbone.dropout)
+        common = dict(n_channels=dm.n_channels, n_marks=dm.n_marks, seq_len=t.seq_len, label_len=t.label_len,
+                      pred_len=t.pred_len, instance_norm=t.instance_norm, value_embedding=t.value_embedding)
+        if t.layout == "stack":
+            net = Forecaster(backbone, head=t.head, dropout=t.backbone.dropout, **common)
+        elif t.layout == "encoder_decoder":
+            m = cfg.model  # the decoder is sized and mixed as the encoder (the backbone) is
+            if m.get("norm_first", False):
+                raise ConfigError("task.layout=encoder_decoder is the anchor's post-LN layout; it needs "
+                                  "model.norm_first=false (task.backbone.norm_first=false)")
+            net = EncoderDecoder(backbone, decoder_mixer(m), n_heads=m.n_heads, d_ff=m.d_ff, dropout=m.dropout,
+                                 activation=m.get("activation", "gelu"), decoder_layers=t.decoder_layers, **common)
+        else:
+            raise ConfigError(f"task.layout must be one of {LAYOUTS}, got {t.layout!r} "
+                              f"(set by conf/task_protocol/forecast-<protocol>.yaml)")
         return ForecastModule(net, optimizer=optimizer, lr_schedule=t.lr_schedule)
 
 

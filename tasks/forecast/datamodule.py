@@ -19,7 +19,9 @@ class ForecastDataModule(L.LightningDataModule):
 
     ``path`` is the CSV (from the registry via :func:`aaren_bench.data.fetch`). The scaler is
     fitted on the training rows only and applied to every part; metrics are computed in that
-    scaled space. Loaders never drop a batch.
+    scaled space. ``features``: ``M`` every channel, ``S`` the target alone (``n_channels`` is
+    then 1). ``drop_last`` {part: bool}: whether that part's loader drops a last smaller batch
+    (default: none does).
     """
 
     def __init__(
@@ -36,13 +38,18 @@ class ForecastDataModule(L.LightningDataModule):
         sentinel_policy: str = "keep",
         batch_size: int = 32,
         num_workers: int = 0,
+        features: str = "M",
+        drop_last: dict[str, bool] | None = None,
     ):
         super().__init__()
         self.path, self.split, self.freq = Path(path), split, freq
         self.seq_len, self.label_len, self.pred_len = seq_len, label_len, pred_len
-        self.n_channels = n_channels  # expected (the catalog's); read_series checks the file against it
+        # the file's channel count (the catalog's) is checked by read_series; the model sees n_channels
+        self.n_channels = 1 if features == "S" else n_channels
         self.n_marks = len(FREQ_FEATURES[freq])
-        self.read_kw = dict(target=target, n_channels=n_channels, sentinel=sentinel, sentinel_policy=sentinel_policy)
+        self.read_kw = dict(target=target, n_channels=n_channels, sentinel=sentinel, sentinel_policy=sentinel_policy,
+                            features=features)
+        self.drop_last = dict(drop_last or {})
         self.batch_size, self.num_workers = batch_size, num_workers
         self.datasets: dict[str, WindowDataset] = {}
         self.scaler: Scaler | None = None
@@ -70,7 +77,7 @@ class ForecastDataModule(L.LightningDataModule):
             self.datasets[part],
             batch_size=self.batch_size,
             shuffle=shuffle,
-            drop_last=False,
+            drop_last=bool(self.drop_last.get(part, False)),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )

@@ -22,6 +22,7 @@ from aaren_bench.errors import DataError
 log = logging.getLogger("aaren_bench")
 
 SENTINEL_POLICIES = ("keep", "interpolate")
+FEATURES = ("M", "S")  # every channel | the target alone
 
 
 class ForecastDataError(DataError):
@@ -41,8 +42,15 @@ def read_series(
     n_channels: int | None = None,
     sentinel: float | None = None,
     sentinel_policy: str = "keep",
+    features: str = "M",
 ) -> Series:
-    """Read and check one CSV. The channel order is the file's, with ``target`` moved last (as TSLib)."""
+    """Read and check one CSV. The channel order is the file's, with ``target`` moved last (as TSLib).
+
+    ``features``: ``M`` keeps every channel, ``S`` only the target (TSLib ``--features S``);
+    ``n_channels`` is the file's channel count either way, and only the kept columns are checked.
+    """
+    if features not in FEATURES:
+        raise ValueError(f"task.features must be one of {FEATURES}, got {features!r}")
     path = Path(path)
     df = _read_csv(path)
     if "date" not in df.columns:
@@ -63,6 +71,8 @@ def read_series(
             f"{channels[:10]}{'...' if len(channels) > 10 else ''}. The file is truncated or a different dataset; "
             f"fetch it again or fix dataset.n_channels."
         )
+    if features == "S":
+        channels = [target]
     dates = _parse_dates(df["date"], path)
     values = _numeric(df[channels], path)
     if sentinel is not None:

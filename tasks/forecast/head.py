@@ -1,23 +1,33 @@
-"""Around the backbone: instance normalisation, the token embedding, and the forecasting heads.
+"""The suite's layout (``task.layout=stack``): one causal stack over the input window, then a head.
 
-The same :class:`Forecaster` wraps either backbone; only ``backbone`` differs. Two heads:
+The same :class:`Forecaster` wraps every backbone; only ``backbone`` differs. Three heads
+(``task.head``), each identical for every backbone:
 
-- ``last`` (default): the backbone reads the ``seq_len`` input tokens; the output at the
-  last position (which has seen the whole window, causally) is projected to the whole
-  horizon, (D,) -> (pred_len * C,). For Aaren this is reading the RNN's final state.
-- ``decoder``: the backbone reads ``seq_len`` input tokens, then the last ``label_len``
-  input steps again, then ``pred_len`` placeholder tokens (no value, a learned "unknown"
-  vector, the position and the calendar features of the step to forecast); each
-  placeholder's output is projected to its step's C values, (D,) -> (C,).
+- ``steps`` (default): the backbone reads the ``seq_len`` input tokens; its output at the last
+  position h (which has seen the whole window; for Aaren the RNN's final state) is combined
+  with each horizon step's own embedding e_t (the input embedding's position and calendar
+  parts, at positions seq_len .. seq_len + pred_len - 1), and one small MLP shared by all steps
+  maps it to the step's C values: y_t = W_2 GELU(W_1 (h + e_t)), W_1 (D -> D), W_2 (D -> C).
+  Parameters D^2 + D + (D + 1) C: nothing grows with pred_len, and the backbone's cost does not
+  either (it always reads seq_len tokens).
+- ``last``: the same h projected by one Linear(D -> pred_len * C) to the whole horizon
+  (D x pred_len x C parameters: 318 M for Traffic at 720 steps; kept for comparison).
+- ``decoder``: the backbone reads the seq_len input tokens, the last ``label_len`` input steps
+  again, then ``pred_len`` placeholder tokens (a learned "unknown" vector + position + calendar
+  features of the step to forecast); each placeholder's output goes through one Linear(D -> C)
+  shared by all steps. Few parameters, but the backbone reads seq_len + label_len + pred_len tokens.
+
+``instance_norm`` (the paper's "normalized input", Liu et al. 2022): each input window is
+standardised per channel with its own statistics, and the forecast de-normalised with them.
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
-from aaren_bench.nn.embed import sinusoidal
+from tasks.forecast.embed import DataEmbedding
 
-HEADS = ("last", "decoder")
+HEADS = ("steps", "last", "decoder")
 
 
 def instance_norm(x: Tensor, eps: float = 1e-5) -> tuple[Tensor, Tensor, Tensor]:
@@ -27,55 +37,48 @@ def instance_norm(x: Tensor, eps: float = 1e-5) -> tuple[Tensor, Tensor, Tensor]
     return (x - mean) / std, mean, std
 
 
-class Embedding(nn.Module):
-    """token = value embedding + position + calendar features, then dropout.
-
-    values (B, N, C), marks (B, N, F), unknown (B, N) bool: True where the value is unknown
-    (placeholders), which then get a learned vector instead of a value embedding.
-    """
-
-    def __init__(self, n_channels: int, n_marks: int, d_model: int, dropout: float, max_len: int = 4096):
-        super().__init__()
-        self.value = nn.Linear(n_channels, d_model)
-        self.calendar = nn.Linear(n_marks, d_model, bias=False)
-        self.unknown = nn.Parameter(torch.zeros(d_model))
-        # (max_len, D) fixed sine/cosine table (Vaswani et al.; TSLib's PositionalEmbedding)
-        self.register_buffer("positions", sinusoidal(torch.arange(max_len), d_model), persistent=False)
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, values: Tensor, marks: Tensor, unknown: Tensor | None = None) -> Tensor:
-        N = values.shape[1]
-        if N > self.positions.shape[0]:
-            raise ValueError(f"sequence of {N} tokens exceeds the position table ({self.positions.shape[0]})")
-        v = self.value(values)  # (B, N, D)
-        if unknown is not None:
-            v = torch.where(unknown[..., None], self.unknown.to(v.dtype), v)
-        return self.drop(v + self.positions[:N] + self.calendar(marks))
+def count(*modules: nn.Module | nn.Parameter | None) -> int:
+    """Parameters of modules (or single parameters), each counted once."""
+    seen = {}
+    for m in modules:
+        if m is None:
+            continue
+        for p in ([m] if isinstance(m, nn.Parameter) else m.parameters()):
+            seen[id(p)] = p.numel()
+    return sum(seen.values())
 
 
 class Forecaster(nn.Module):
     """(x (B, L, C), x_mark (B, L, F), y_mark (B, label_len + pred_len, F)) -> forecast (B, pred_len, C)."""
 
     def __init__(self, backbone: nn.Module, n_channels: int, n_marks: int, seq_len: int, label_len: int,
-                 pred_len: int, head: str = "last", dropout: float = 0.1):
+                 pred_len: int, head: str = "steps", dropout: float = 0.1, instance_norm: bool = True,
+                 value_embedding: str = "linear"):
         super().__init__()
         if head not in HEADS:
             raise ValueError(f"task.head must be one of {HEADS}, got {head!r}")
+        if head == "decoder" and value_embedding != "linear":
+            raise ValueError("task.head=decoder needs task.value_embedding=linear: a circular convolution over "
+                             "input and placeholders would mix the placeholders into the last input token")
         d = backbone.d_model
-        self.backbone, self.head = backbone, head
+        self.backbone, self.head, self.instance_norm = backbone, head, instance_norm
         self.seq_len, self.label_len, self.pred_len, self.n_channels = seq_len, label_len, pred_len, n_channels
-        self.embed = Embedding(n_channels, n_marks, d, dropout, max_len=seq_len + label_len + pred_len)
-        self.proj = nn.Linear(d, pred_len * n_channels if head == "last" else n_channels)
+        self.embed = DataEmbedding(n_channels, n_marks, d, dropout, max_len=seq_len + label_len + pred_len,
+                                   value=value_embedding, placeholders=head == "decoder")
+        if head == "steps":
+            self.proj = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Dropout(dropout), nn.Linear(d, n_channels))
+        else:
+            self.proj = nn.Linear(d, pred_len * n_channels if head == "last" else n_channels)
+
+    def parameter_split(self) -> dict[str, int]:
+        return {"embedding": count(self.embed), "backbone": count(self.backbone), "head": count(self.proj)}
 
     def forward(self, x: Tensor, x_mark: Tensor, y_mark: Tensor) -> Tensor:
         B, L, C = x.shape
         if L != self.seq_len or C != self.n_channels:
             raise ValueError(f"expected input (batch, {self.seq_len}, {self.n_channels}); got {tuple(x.shape)}")
-        z, mean, std = instance_norm(x)  # (B, L, C), (B, 1, C) x2
-        if self.head == "last":
-            h, _ = self.backbone(self.embed(z, x_mark))  # (B, L, D)
-            out = self.proj(h[:, -1]).view(B, self.pred_len, C)
-        else:
+        z, mean, std = instance_norm(x) if self.instance_norm else (x, None, None)  # (B, L, C), (B, 1, C) x2
+        if self.head == "decoder":
             known = z[:, L - self.label_len :]  # (B, label_len, C)
             values = torch.cat([z, known, z.new_zeros(B, self.pred_len, C)], 1)  # (B, L + label + pred, C)
             marks = torch.cat([x_mark, y_mark], 1)  # (B, L + label + pred, F)
@@ -83,4 +86,12 @@ class Forecaster(nn.Module):
             unknown[:, -self.pred_len :] = True
             h, _ = self.backbone(self.embed(values, marks, unknown))  # (B, N, D)
             out = self.proj(h[:, -self.pred_len :])  # (B, pred_len, C)
-        return out * std + mean  # de-normalised forecast
+        else:
+            h, _ = self.backbone(self.embed(z, x_mark))  # (B, L, D)
+            last = h[:, -1]  # (B, D): has seen the whole window
+            if self.head == "last":
+                out = self.proj(last).view(B, self.pred_len, C)
+            else:
+                steps = self.embed.positions[L : L + self.pred_len] + self.embed.calendar(y_mark[:, -self.pred_len :])
+                out = self.proj(last[:, None] + steps)  # (B, pred_len, D) -> (B, pred_len, C)
+        return out * std + mean if self.instance_norm else out

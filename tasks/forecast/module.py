@@ -1,23 +1,30 @@
-"""The LightningModule: MSE training, exact MSE/MAE over every validation and test window."""
+"""The LightningModule: MSE training, exact MSE/MAE over every window the validation and test loaders give."""
 from __future__ import annotations
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from tasks.forecast.head import Forecaster
 from tasks.forecast.metrics import ErrorSums
 
 LR_SCHEDULES = ("type1", "none")
 
 
 def type1_factor(epoch: int) -> float:
-    """TSLib ``lradj=type1`` as its loop applies it: epochs 0 and 1 at the base rate, then halved each epoch."""
+    """TSLib ``lradj=type1`` as its loop applies it: epochs 0 and 1 at the base rate, then halved each epoch.
+
+    The anchor's loop calls ``adjust_learning_rate(epoch + 1)`` after every epoch (0-based), which sets
+    lr0 * 0.5 ** ((epoch + 1) - 1) for the next one: epoch 1 at lr0, epoch 2 at lr0 / 2, epoch 3 at lr0 / 4.
+    """
     return 0.5 ** max(epoch - 1, 0)
 
 
 class ForecastModule(L.LightningModule):
-    def __init__(self, net: Forecaster, optimizer, lr_schedule: str = "type1"):
+    """``net``: a :class:`~tasks.forecast.head.Forecaster` (suite layout) or an
+    :class:`~tasks.forecast.encdec.EncoderDecoder` (the anchor's), (x, x_mark, y_mark) -> forecast."""
+
+    def __init__(self, net: nn.Module, optimizer, lr_schedule: str = "type1"):
         super().__init__()
         if lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"task.lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
@@ -25,6 +32,10 @@ class ForecastModule(L.LightningModule):
         self.backbone = net.backbone
         self.optimizer_factory, self.lr_schedule = optimizer, lr_schedule
         self.sums = {"val": ErrorSums(), "test": ErrorSums()}
+
+    def parameter_split(self) -> dict[str, int]:
+        """{"embedding", "backbone", "head"}: parameter counts (the run loop records them)."""
+        return self.net.parameter_split()
 
     def forward(self, x, x_mark, y_mark):
         return self.net(x, x_mark, y_mark)

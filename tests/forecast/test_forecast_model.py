@@ -13,7 +13,7 @@ from tasks.forecast.module import ForecastModule, type1_factor
 KINDS = ["aaren", "transformer"]
 
 
-def net(kind, head="last", seq=12, label=4, pred=6, C=3, F=4):
+def net(kind, head="steps", seq=12, label=4, pred=6, C=3, F=4):
     torch.manual_seed(0)
     bb = build_backbone(dict(mixer=kind, d_model=16, n_layers=2, n_heads=2, d_ff=32, dropout=0.0))
     return Forecaster(bb, C, F, seq, label, pred, head=head, dropout=0.0).double().eval()
@@ -56,7 +56,7 @@ def test_instance_norm_statistics():
     assert torch.all(z[0, :, 1] == 0)
 
 
-@pytest.mark.parametrize("head", ["last", "decoder"])
+@pytest.mark.parametrize("head", ["steps", "last", "decoder"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_forecast_shape_and_normalisation_equivariance(kind, head):
     """Instance normalisation + de-normalisation: forecasting x+b gives forecast+b exactly, and a*x gives
@@ -71,7 +71,7 @@ def test_forecast_shape_and_normalisation_equivariance(kind, head):
     assert not torch.allclose(m(a * x, xm, ym), y, atol=1e-2)  # the scale does reach the forecast
 
 
-@pytest.mark.parametrize("head,n_tokens", [("last", 12), ("decoder", 12 + 4 + 6)])
+@pytest.mark.parametrize("head,n_tokens", [("steps", 12), ("last", 12), ("decoder", 12 + 4 + 6)])
 def test_both_backbones_see_the_same_tokens(head, n_tokens):
     """The backbone is the only difference: the same embedded sequence goes into either one."""
     seen, embed = {}, None
@@ -85,9 +85,11 @@ def test_both_backbones_see_the_same_tokens(head, n_tokens):
     torch.testing.assert_close(seen["aaren"], seen["transformer"])
 
 
-def test_decoder_forecast_ignores_nothing_of_the_future_values():
-    """The decoder head must not see target values: it only receives x, x_mark and y_mark."""
-    m = net("aaren", "decoder")
+@pytest.mark.parametrize("head", ["steps", "decoder"])
+def test_future_calendar_features_reach_the_forecast(head):
+    """The steps and decoder heads read the calendar features of the steps to forecast (never their values:
+    they only receive x, x_mark and y_mark)."""
+    m = net("aaren", head)
     x, xm, ym = batch()
     y1 = m(x, xm, ym)
     ym2 = ym.clone()
