@@ -5,7 +5,7 @@ See docs/protocol/events.md for the protocol and every departure from Meta TPP.
 from __future__ import annotations
 
 from aaren_bench.task import Task
-from tasks.events.datasets import load_splits
+from tasks.events.datasets import load
 from tasks.events.model import EventModel
 from tasks.events.module import EventDataModule, EventModule
 
@@ -13,8 +13,13 @@ __all__ = ["TASK", "EventsTask"]
 
 
 class EventsTask(Task):
+    """Selection and early stopping come from ``task.monitor`` / ``task.early_stop_monitor``
+    (conf/task/events.yaml, conf/task_protocol/events-<protocol>.yaml)."""
+
     name = "events"
-    metrics = ("test/nll", "test/rmse", "test/acc", "test/nll_time", "test/nll_mark")
+    # ours, then Meta TPP's formulas of the same quantities (tasks/events/likelihood.py)
+    metrics = ("test/nll", "test/rmse", "test/acc", "test/nll_time", "test/nll_mark",
+               "test/nll_metatpp", "test/rmse_metatpp", "test/acc_metatpp")
 
     def test_metrics(self, cfg) -> tuple[str, ...]:
         return self.metrics  # unmarked datasets log no acc / nll_mark: the record shows what was logged
@@ -27,16 +32,19 @@ class EventsTask(Task):
         # the catalog's facts (marks, split) first, the dataset config's reading settings over them
         info = get(cfg.dataset.name).info
         facts = {k: list(v) if isinstance(v, tuple) else v for k, v in info.items()
-                 if k == "num_marks" or (k == "split" and isinstance(v, (tuple, list)))}
+                 if k in ("num_marks", "meta_tpp") or (k == "split" and isinstance(v, (tuple, list)))}
         ds = OmegaConf.merge(OmegaConf.create(facts), cfg.dataset)
-        splits = load_splits(ds, data_root=cfg.paths.data_root)
-        return EventDataModule(splits, batch_size=cfg.task.batch_size, num_workers=cfg.task.num_workers)
+        loaded = load(ds, data_root=cfg.paths.data_root)
+        return EventDataModule(loaded.splits, batch_size=cfg.task.batch_size, num_workers=cfg.task.num_workers,
+                               data_source=loaded.source)
 
     def build_module(self, cfg, dm: EventDataModule, backbone, optimizer) -> EventModule:
+        t = cfg.task
         model = EventModel(backbone, num_marks=dm.num_marks, time_scale=dm.time_scale,
-                           n_components=cfg.task.get("n_components", 8),
-                           time_encoding=cfg.task.get("time_encoding", "absolute"))
-        return EventModule(model, optimizer)
+                           n_components=t.get("n_components", 8),
+                           time_encoding=t.get("time_encoding", "absolute"),
+                           time_encoding_at=t.get("time_encoding_at", "input"))
+        return EventModule(model, optimizer, loss=t.get("loss", "mean"), l2=float(t.get("l2", 0.0) or 0.0))
 
 
 TASK = EventsTask()

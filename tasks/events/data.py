@@ -39,6 +39,9 @@ class EventSeqs:
     times: list of (n_s,) float64 absolute event times, strictly increasing
     marks: list of (n_s,) int64 marks in [0, num_marks)
     t_start, t_end: (S,) float64 observation window of each sequence
+    end_marks: (S,) int64 or None: the mark a Meta TPP file stores at its window-end entry
+        (0-based; -1 for its padding value 0). Only Meta TPP's accuracy formula reads it
+        (``likelihood.metric_sums``); None (the default) counts as -1 everywhere.
     """
 
     times: list
@@ -46,6 +49,7 @@ class EventSeqs:
     t_start: np.ndarray
     t_end: np.ndarray
     num_marks: int
+    end_marks: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.times)
@@ -62,6 +66,7 @@ class EventSeqs:
             self.t_start[idx],
             self.t_end[idx],
             self.num_marks,
+            None if self.end_marks is None else self.end_marks[idx],
         )
 
     def inter_times(self) -> list:
@@ -85,12 +90,14 @@ class EventSeqs:
         tie_eps: float | None = None,
         drop_empty: bool = False,
         source: str = "event data",
+        end_marks=None,
     ) -> "EventSeqs":
         """Check and assemble sequences; see the module docstring for what is checked.
 
         times: list of 1-D arrays of absolute times; marks: list of int arrays (None: all 0);
         t_start / t_end: per-sequence window (None: 0 / the last event time);
-        num_marks: the declared number of marks (None: max mark + 1).
+        num_marks: the declared number of marks (None: max mark + 1);
+        end_marks: (S,) the window-end entry's mark in a Meta TPP file (see the class), or None.
         """
         times = [np.asarray(t, dtype=np.float64).reshape(-1) for t in times]
         S = len(times)
@@ -182,7 +189,8 @@ class EventSeqs:
                 f"{source}: mark {bad} is outside the declared range [0, {num_marks}) "
                 f"(marks span {lo}..{hi}). Check dataset.num_marks or the file's mark indexing."
             )
-        return cls([times[s] for s in keep], [marks[s] for s in keep], t_start[keep], t_end[keep], int(num_marks))
+        ends = None if end_marks is None else np.asarray(end_marks, np.int64).reshape(S)[keep]
+        return cls([times[s] for s in keep], [marks[s] for s in keep], t_start[keep], t_end[keep], int(num_marks), ends)
 
 
 def _separate_ties(t: np.ndarray, eps: float) -> np.ndarray:
@@ -223,7 +231,8 @@ def collate(seqs: EventSeqs, idx) -> dict[str, torch.Tensor]:
     times (B, N) float32, time since the window start;
     dts (B, N) float32, inter-event times tau_i (tau_1 from the window start), computed in float64;
     marks (B, N) int64 (0 at padding); mask (B, N) bool, True at events;
-    last_gap (B,) float32, t_end - t_last (the interval of the survival term).
+    last_gap (B,) float32, t_end - t_last (the interval of the survival term);
+    end_mark (B,) int64, the window-end entry's mark in a Meta TPP file, -1 where none.
     """
     idx = list(idx)
     B = len(idx)
@@ -233,6 +242,7 @@ def collate(seqs: EventSeqs, idx) -> dict[str, torch.Tensor]:
     marks = np.zeros((B, N), np.int64)
     mask = np.zeros((B, N), bool)
     last_gap = np.zeros(B)
+    end_mark = np.full(B, -1, np.int64) if seqs.end_marks is None else seqs.end_marks[idx].astype(np.int64)
     for b, i in enumerate(idx):
         t, t0 = seqs.times[i], seqs.t_start[i]
         n = len(t)
@@ -248,4 +258,5 @@ def collate(seqs: EventSeqs, idx) -> dict[str, torch.Tensor]:
         "marks": torch.from_numpy(marks),
         "mask": torch.from_numpy(mask),
         "last_gap": f32(last_gap),
+        "end_mark": torch.from_numpy(end_mark),
     }

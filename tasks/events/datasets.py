@@ -8,15 +8,30 @@
   easytpp_json   a folder with train.json / dev.json / test.json (given splits)
 Files come from the dataset registry (``aaren_bench.data``): its checksums are verified
 before anything is read, and a missing file produces a message saying where to get it.
+
+Meta TPP's own copy first (Sin, Wiki). A dataset whose catalog entry names a file of Meta
+TPP's archive (``info["meta_tpp"]``: its path under the data root and its number of marks)
+reads that file when it is there, and otherwise its own ``format`` (Sin generated, Wiki
+converted from the raw events). ``dataset.source`` chooses: ``auto`` (that rule), ``meta_tpp``
+(the archive's file or an error saying where to put it), ``own`` (never the archive's file).
+Which one was read is returned as ``Loaded.source`` and written into the run's record
+(``data_source``).
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 from tasks.events import formats, synthetic
-from tasks.events.data import EventSeqs, split_sequences
+from tasks.events.data import EventDataError, EventSeqs, split_sequences
 
 FORMATS = ("sin", "meta_tpp_npz", "ifl_npz", "thp_pickle", "easytpp_json")
+SOURCES = ("auto", "meta_tpp", "own")
+
+
+class Loaded(NamedTuple):
+    splits: dict  # {"train", "val", "test"} -> EventSeqs
+    source: dict  # what was read: kind (meta_tpp_file | generated | converted | file), paths, checksums
 
 
 def _get(cfg, key, default=None):
@@ -25,32 +40,80 @@ def _get(cfg, key, default=None):
 
 def load_splits(ds_cfg, data_root=None) -> dict[str, EventSeqs]:
     """dataset config -> {"train", "val", "test"} (every split shares num_marks)."""
+    return load(ds_cfg, data_root).splits
+
+
+def _meta_tpp_copy(ds_cfg, data_root) -> tuple[Path | None, dict | None]:
+    """(path, catalog entry) of the dataset's Meta TPP file under the data root, path None when absent."""
+    from aaren_bench.data import default_data_root
+
+    entry = _get(ds_cfg, "meta_tpp")
+    if entry is None:
+        return None, None
+    root = Path(data_root).expanduser() if data_root else default_data_root()
+    path = root / str(entry["path"])
+    return (path if path.is_file() else None), {"path": str(path), "num_marks": entry.get("num_marks")}
+
+
+def load(ds_cfg, data_root=None) -> Loaded:
+    """dataset config -> Loaded(splits, source): the splits and a description of what was read."""
     fmt = _get(ds_cfg, "format")
+    name = _get(ds_cfg, "name")
     if fmt not in FORMATS:
-        raise ValueError(f"dataset.format must be one of {FORMATS}, got {fmt!r} (dataset {_get(ds_cfg, 'name')})")
+        raise ValueError(f"dataset.format must be one of {FORMATS}, got {fmt!r} (dataset {name})")
+    want = _get(ds_cfg, "source", "auto")
+    if want not in SOURCES:
+        raise ValueError(f"dataset.source must be one of {SOURCES}, got {want!r} (dataset {name})")
     checks = {"tie_eps": _get(ds_cfg, "tie_eps"), "drop_empty": bool(_get(ds_cfg, "drop_empty", False))}
     num_marks = _get(ds_cfg, "num_marks")
     split = list(_get(ds_cfg, "split", [0.6, 0.2]))
+
+    found, entry = _meta_tpp_copy(ds_cfg, data_root)
+    if want == "meta_tpp" and found is None:
+        from aaren_bench.data import DatasetNotFound
+        from tasks.events.catalog import META_TPP_DRIVE
+
+        where = f"put it at {entry['path']}" if entry else "this dataset has no file in Meta TPP's archive"
+        raise DatasetNotFound(f"dataset {name}: dataset.source=meta_tpp asks for Meta TPP's own file, which is not "
+                              f"there; {where} (archive: {META_TPP_DRIVE}), or run with dataset.source=auto")
+    if found is not None and want != "own":
+        from aaren_bench.data import sha256sum
+
+        try:  # numeric arrays need no pickle; this file is not pinned, so it is never unpickled
+            seqs = formats.load_meta_tpp_npz(found, num_marks=entry["num_marks"], time_format="inter", **checks)
+        except formats.PickleNotTrusted as e:
+            raise EventDataError(f"{e}\nMeta TPP's {found} is read without unpickling; convert it to numeric "
+                                 f"arrays, or use this suite's own copy with dataset.source=own") from None
+        return Loaded(split_sequences(seqs, split), {
+            "kind": "meta_tpp_file", "path": str(found), "sha256": sha256sum(found), "num_marks": seqs.num_marks,
+            "sequences": len(seqs), "events": seqs.n_events})
+    looked = {"meta_tpp_file_absent": entry["path"]} if entry and want == "auto" else {}
+
     if fmt == "sin":
-        seqs = synthetic.generate_sin(
-            int(_get(ds_cfg, "n_seqs", 1000)), float(_get(ds_cfg, "t_end", 100.0)), int(_get(ds_cfg, "seed", 0))
-        )
-        return split_sequences(seqs, split)
+        n_seqs, t_end, seed = int(_get(ds_cfg, "n_seqs", 1000)), float(_get(ds_cfg, "t_end", 100.0)), int(_get(ds_cfg, "seed", 0))
+        seqs = synthetic.generate_sin(n_seqs, t_end, seed)
+        return Loaded(split_sequences(seqs, split), {
+            "kind": "generated", "generator": "tasks.events.synthetic.generate_sin (lambda(t) = 1 + sin t, thinning)",
+            "n_seqs": n_seqs, "t_end": t_end, "seed": seed, "events": seqs.n_events, **looked})
 
-    from aaren_bench.data import fetch
+    from aaren_bench.data import fetch, get
 
-    paths = fetch(_get(ds_cfg, "name"), data_root=data_root)
+    paths = fetch(name, data_root=data_root)
+    pins = {f.path: f.sha256 for f in get(name).files}
+    files = {rel: {"path": str(p), "sha256": pins.get(rel) or None} for rel, p in paths.items()}
     trust = bool(_get(ds_cfg, "trust_pickle", False))
     if fmt == "meta_tpp_npz":
         (path,) = paths.values()
         seqs = formats.load_meta_tpp_npz(path, num_marks=num_marks, time_format=_get(ds_cfg, "time_format", "inter"),
                                          trust_pickle=trust, **checks)
-        return split_sequences(seqs, split)
+        return Loaded(split_sequences(seqs, split), {"kind": "file", "format": fmt, "files": files})
     if fmt == "ifl_npz":
         (path,) = paths.values()
         seqs = formats.load_ifl_npz(path, trust_pickle=trust, num_marks=num_marks,
                                     t_end=_get(ds_cfg, "window_end", "global_max"), **checks)
-        return split_sequences(seqs, split)
+        return Loaded(split_sequences(seqs, split), {
+            "kind": "converted", "format": fmt, "files": files, "num_marks": seqs.num_marks,
+            "converter": "tasks.events.formats.load_ifl_npz (recipe: tasks/events/wiki.py)", **looked})
     by_split = {Path(p).stem: v for p, v in paths.items()}
     names = {"train": "train", "val": "dev", "test": "test"}
     out = {}
@@ -64,4 +127,4 @@ def load_splits(ds_cfg, data_root=None) -> dict[str, EventSeqs]:
     m = max(s.num_marks for s in out.values())
     for s in out.values():
         s.num_marks = m
-    return out
+    return Loaded(out, {"kind": "file", "format": fmt, "files": files})

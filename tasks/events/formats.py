@@ -111,7 +111,7 @@ def load_meta_tpp_npz(
     if marks.shape != times.shape:
         raise EventDataError(f"{path}: 'marks' has shape {marks.shape} but 'times' has {times.shape}")
 
-    seq_t, seq_m, t_end = [], [], []
+    seq_t, seq_m, t_end, end_marks = [], [], [], []
     for s in range(times.shape[0]):
         m = masks[s]
         n = int(m.sum())
@@ -138,7 +138,7 @@ def load_meta_tpp_npz(
                 i = int(np.argmax(tv < 0))
                 raise EventDataError(f"{path}, sequence {s}: negative inter-event time {tv[i]!r} at entry {i}")
             if n == 0:
-                seq_t.append(np.zeros(0)), seq_m.append(np.zeros(0, np.int64)), t_end.append(0.0)
+                seq_t.append(np.zeros(0)), seq_m.append(np.zeros(0, np.int64)), t_end.append(0.0), end_marks.append(-1)
                 continue
             with np.errstate(over="ignore"):
                 abs_t = np.cumsum(tv)
@@ -151,11 +151,14 @@ def load_meta_tpp_npz(
             seq_t.append(abs_t[:-1])  # the last entry is the window end, not an event
             seq_m.append(kv[:-1])
             t_end.append(abs_t[-1])
+            end_marks.append(kv[-1])  # kept for Meta TPP's accuracy formula only (-1: its padding 0)
         else:
             seq_t.append(tv)
             seq_m.append(kv)
             t_end.append(tv[-1] if n else 0.0)
-    return EventSeqs.build(seq_t, seq_m, t_start=0.0, t_end=np.asarray(t_end), num_marks=num_marks, source=str(path), **checks)
+    ends = np.asarray(end_marks, np.int64) if time_format == "inter" else None
+    return EventSeqs.build(seq_t, seq_m, t_start=0.0, t_end=np.asarray(t_end), num_marks=num_marks, source=str(path),
+                           end_marks=ends, **checks)
 
 
 def save_meta_tpp_npz(seqs: EventSeqs, path) -> Path:
@@ -171,7 +174,8 @@ def save_meta_tpp_npz(seqs: EventSeqs, path) -> Path:
         times[s, :n] = np.diff(t, prepend=seqs.t_start[s])
         times[s, n] = seqs.t_end[s] - t[-1]
         marks[s, :n] = k + 1
-        marks[s, n] = 1  # the window-end entry carries no event; any valid mark keeps the mask consistent
+        # the window-end entry carries no event: its own mark when the data came from such a file, else 1
+        marks[s, n] = 1 if seqs.end_marks is None else seqs.end_marks[s] + 1
         masks[s, : n + 1] = 1
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,24 @@ interval, t_end - t_n:
     log L = sum_{i=1}^{n-1} [log p(tau_{i+1} | h_i) + log P(k_{i+1} | h_i)] + log S(t_end - t_n | h_n).
 
 NLL per event = -(sum of log L over a split) / (number of scored events, sum_s (n_s - 1)).
+RMSE = sqrt(mean over scored events of (E[tau_{i+1} | h_i] - tau_{i+1})^2); accuracy over the
+same scored events.
+
+Meta TPP's own formulas (``src/utils/metrics.py`` with its THP+ loss, reported beside ours as
+``*_metatpp``) work on its file layout, where a sequence of n events is n + 1 "entries": the
+n gaps (the first from the window start) and the window-end gap t_end - t_n. Its targets are
+entries 2..n+1 (events 2..n and the window-end gap), each predicted from the state before it:
+
+    nll_metatpp  = -(sum of log L') / sum_s (n_s + 1)          every valid entry, scored or not
+    rmse_metatpp = sqrt( sum_s (sum_{j=2}^{n_s+1} (yhat_j - y_j))^2 / sum_s n_s )
+                                                            errors summed within a sequence, then squared
+    acc_metatpp  = #(argmax_j == k_j, j = 2..n_s+1) / sum_s n_s
+                                                            the window-end entry counts, with the mark its
+                                                            file stores there (none: a miss)
+
+log L' is log L computed as Meta TPP does: densities and survival at tau + 1e-12, each
+component's CDF clamped to [1e-5, 1 - 1e-5] in the survival term (so log S >= log 1e-5);
+yhat is the mixture mean minus 1e-12.
 """
 from __future__ import annotations
 
@@ -29,14 +47,19 @@ from torch import Tensor
 __all__ = [
     "Mixture",
     "MetricSums",
+    "add_sums",
     "lognormal_mixture_log_prob",
+    "lognormal_mixture_log_survival_metatpp",
     "lognormal_mixture_log_survival",
     "lognormal_mixture_mean",
     "sequence_scores",
     "metric_sums",
+    "split_metrics",
 ]
 
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+META_TPP_SHIFT = 1e-12  # Meta TPP evaluates its log-normals at tau + 1e-12 and predicts mean - 1e-12
+META_TPP_CDF_CLAMP = 1e-5  # ... and clamps each component's CDF to [1e-5, 1 - 1e-5] in the survival
 
 
 class Mixture(NamedTuple):
@@ -62,6 +85,13 @@ def lognormal_mixture_log_survival(tau: Tensor, mix: Mixture) -> Tensor:
     z = (log_tau - mix.mu) / mix.sigma
     log_s = torch.logsumexp(mix.log_w + torch.special.log_ndtr(-z), dim=-1)
     return torch.where(pos, log_s, torch.zeros_like(log_s))
+
+
+def lognormal_mixture_log_survival_metatpp(tau: Tensor, mix: Mixture) -> Tensor:
+    """Meta TPP's log S(tau): at tau + 1e-12, each component's CDF clamped to [1e-5, 1 - 1e-5]."""
+    z = ((tau + META_TPP_SHIFT).log()[..., None] - mix.mu) / mix.sigma
+    cdf = torch.special.ndtr(z).clamp(META_TPP_CDF_CLAMP, 1 - META_TPP_CDF_CLAMP)
+    return torch.logsumexp(mix.log_w + torch.log(1.0 - cdf), dim=-1)
 
 
 def lognormal_mixture_mean(mix: Mixture) -> Tensor:
@@ -107,7 +137,7 @@ def sequence_scores(mix: Mixture, mark_logits: Tensor | None, batch: dict) -> Se
 
 
 class MetricSums(NamedTuple):
-    """Sums over a batch, to be added up over a whole split before dividing."""
+    """Sums over a batch, to be added up over a whole split before dividing (``add_sums``, ``split_metrics``)."""
 
     nll: float  # -(time_ll + mark_ll + surv_ll)
     nll_time: float  # -(time_ll + surv_ll)
@@ -115,23 +145,76 @@ class MetricSums(NamedTuple):
     n_events: int  # scored events
     sq_err: float  # sum of (E[tau_{i+1} | h_i] - tau_{i+1})^2
     correct: int  # argmax mark == true mark
+    # Meta TPP's formulas (module docstring)
+    nll_metatpp: float  # -(log L') with Meta TPP's shift and survival clamp
+    n_entries: int  # sum (n_s + 1): every valid entry of its layout
+    sq_seq: float  # sum over sequences of (sum of its errors over entries 2..n+1)^2
+    n_targets: int  # sum n_s: entries 2..n+1
+    correct_metatpp: int  # hits over entries 2..n+1 (the window-end entry against its stored mark)
+
+
+def add_sums(a: MetricSums, b: MetricSums) -> MetricSums:
+    return MetricSums(*(x + y for x, y in zip(a, b)))
 
 
 def metric_sums(mix: Mixture, mark_logits: Tensor | None, batch: dict) -> MetricSums:
-    """Exact per-batch sums for NLL, RMSE and accuracy (see the module docstring)."""
+    """Exact per-batch sums for NLL, RMSE and accuracy, ours and Meta TPP's (see the module docstring)."""
     sc = sequence_scores(mix, mark_logits, batch)
-    tgt_valid = batch["mask"][:, 1:]
-    pred = lognormal_mixture_mean(Mixture(*(p[:, :-1] for p in mix)))  # (B, N-1)
-    err = torch.where(tgt_valid, pred.double() - batch["dts"][:, 1:].double(), torch.zeros_like(pred, dtype=torch.float64))
-    correct = 0
+    dts, mask = batch["dts"], batch["mask"]
+    tgt_valid = mask[:, 1:]
+    B = mask.shape[0]
+    ar = torch.arange(B, device=mask.device)
+    last = mask.sum(-1) - 1  # (B,) position of each sequence's last event
+    f64 = lambda x: x.double()  # noqa: E731
+    zero = lambda x: torch.zeros_like(x, dtype=torch.float64)  # noqa: E731
+
+    mean = lognormal_mixture_mean(mix)  # (B, N): the expected next gap after each event
+    err = torch.where(tgt_valid, f64(mean[:, :-1]) - f64(dts[:, 1:]), zero(mean[:, :-1]))  # (B, N-1)
+    correct = correct_mt = 0
     if mark_logits is not None:
-        hit = (mark_logits[:, :-1].argmax(-1) == batch["marks"][:, 1:]) & tgt_valid
+        pred_mark = mark_logits.argmax(-1)  # (B, N)
+        hit = (pred_mark[:, :-1] == batch["marks"][:, 1:]) & tgt_valid
         correct = int(hit.sum())
+        end_mark = batch.get("end_mark", torch.full((B,), -1, dtype=torch.long, device=mask.device))
+        correct_mt = correct + int((pred_mark[ar, last] == end_mark).sum())
+
+    # Meta TPP: the same terms at tau + 1e-12, its clamped survival; errors summed per sequence, then squared
+    head = Mixture(*(p[:, :-1] for p in mix))
+    tgt_dt = torch.where(tgt_valid, dts[:, 1:], torch.ones_like(dts[:, 1:]))
+    lp = lognormal_mixture_log_prob(tgt_dt + META_TPP_SHIFT, head)
+    time_mt = torch.where(tgt_valid, lp, torch.zeros_like(lp)).sum(-1)
+    surv_mt = lognormal_mixture_log_survival_metatpp(batch["last_gap"], Mixture(*(p[ar, last] for p in mix)))
+    yhat = f64(mean) - META_TPP_SHIFT
+    err_mt = torch.where(tgt_valid, yhat[:, :-1] - f64(dts[:, 1:]), zero(mean[:, :-1])).sum(-1)  # (B,)
+    err_mt = err_mt + yhat[ar, last] - f64(batch["last_gap"])  # the window-end entry
+
+    n_ev = int(sc.n_scored.sum())
+    n_seq_events = int(mask.sum())
     return MetricSums(
         nll=-float((sc.time_ll + sc.mark_ll + sc.surv_ll).double().sum()),
         nll_time=-float((sc.time_ll + sc.surv_ll).double().sum()),
         nll_mark=-float(sc.mark_ll.double().sum()),
-        n_events=int(sc.n_scored.sum()),
+        n_events=n_ev,
         sq_err=float((err**2).sum()),
         correct=correct,
+        nll_metatpp=-float((time_mt + sc.mark_ll + surv_mt).double().sum()),
+        n_entries=n_seq_events + B,
+        sq_seq=float((err_mt**2).sum()),
+        n_targets=n_seq_events,
+        correct_metatpp=correct_mt,
     )
+
+
+def split_metrics(s: MetricSums, marked: bool) -> dict[str, float]:
+    """Summed ``MetricSums`` of a whole split -> its metrics (ours and ``*_metatpp``); marks only when ``marked``."""
+    n, m, e = max(s.n_events, 1), max(s.n_targets, 1), max(s.n_entries, 1)
+    out = {
+        "nll": s.nll / n,
+        "nll_time": s.nll_time / n,
+        "rmse": (s.sq_err / n) ** 0.5,
+        "nll_metatpp": s.nll_metatpp / e,
+        "rmse_metatpp": (s.sq_seq / m) ** 0.5,
+    }
+    if marked:
+        out.update({"nll_mark": s.nll_mark / n, "acc": s.correct / n, "acc_metatpp": s.correct_metatpp / m})
+    return out

@@ -1,8 +1,20 @@
 """THP+ around either backbone: event embedding -> causal backbone -> log-normal mixture + mark head.
 
-Event i enters as   x_i = E[k_i] + PE((t_i - t_start) / s)   (+ W log(1 + tau_i / s) with
-``time_encoding="absolute+log_dt"``), where PE is THP's sinusoidal encoding and s the
-train split's mean inter-event time (so the encoding sees times in units of a typical gap).
+Event i enters as  x_i = E[k_i] + enc_i,  with the temporal encoding ``time_encoding``:
+
+    absolute          enc_i = PE((t_i - t_start) / s)            (the suite's default)
+    absolute+log_dt   enc_i = PE((t_i - t_start) / s) + W log(1 + tau_i / s)   (an extension)
+    gap               enc_i = PE(tau_i), tau_i in the data's own units   (Meta TPP's THP: it encodes
+                      the raw entries of its files, which are the inter-event times)
+
+PE is THP's sinusoidal encoding (``aaren_bench.nn.embed.sinusoidal``) and s the train split's
+mean inter-event time. ``time_encoding_at`` says where enc enters: ``input`` (once, before the
+backbone: the same single-input backbone every task uses) or ``every_layer`` (added again
+before every layer, as THP does: block l sees  x^(l-1) + enc,  with x^(0) = E[k]). The
+every-layer form runs the backbone's blocks one at a time through their public
+``forward`` / ``step`` (``Backbone.blocks``, ``Backbone.final_norm``); the backbone itself
+knows nothing of it.
+
 The backbone output h_i has seen events 1..i only; it parametrises the next gap (mixture of
 K log-normals, decoder MLP d -> d -> 3K with tanh as in Meta TPP) and the next mark (a
 linear layer). The mixture is returned in the data's own time units (mu is shifted by
@@ -16,10 +28,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from aaren_bench.nn.backbone import BackboneState
 from aaren_bench.nn.embed import sinusoidal
 from tasks.events.likelihood import Mixture
 
-TIME_ENCODINGS = ("absolute", "absolute+log_dt")
+TIME_ENCODINGS = ("absolute", "absolute+log_dt", "gap")
+ENCODING_AT = ("input", "every_layer")
 
 
 class EventModel(nn.Module):
@@ -30,15 +44,19 @@ class EventModel(nn.Module):
         time_scale: float,
         n_components: int = 8,
         time_encoding: str = "absolute",
+        time_encoding_at: str = "input",
     ):
         super().__init__()
         if time_encoding not in TIME_ENCODINGS:
             raise ValueError(f"time_encoding must be one of {TIME_ENCODINGS}, got {time_encoding!r}")
+        if time_encoding_at not in ENCODING_AT:
+            raise ValueError(f"time_encoding_at must be one of {ENCODING_AT}, got {time_encoding_at!r}")
         if not time_scale > 0:
             raise ValueError(f"time_scale must be positive, got {time_scale}")
         d = backbone.d_model
         self.backbone = backbone
-        self.num_marks, self.n_components, self.time_encoding = num_marks, n_components, time_encoding
+        self.num_marks, self.n_components = num_marks, n_components
+        self.time_encoding, self.every_layer = time_encoding, time_encoding_at == "every_layer"
         self.mark_emb = nn.Embedding(num_marks, d)
         self.dt_proj = nn.Linear(1, d) if time_encoding == "absolute+log_dt" else None
         self.decoder = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, 3 * n_components))
@@ -49,13 +67,25 @@ class EventModel(nn.Module):
     def scale(self) -> float:
         return float(self.log_scale.exp())
 
-    def embed(self, times: Tensor, dts: Tensor, marks: Tensor) -> Tensor:
-        """times, dts (B, N) in data units (time since window start, gap); marks (B, N) -> (B, N, D)."""
+    def encoding(self, times: Tensor, dts: Tensor) -> Tensor:
+        """The temporal encoding: times, dts (B, N) in data units (time since window start, gap) -> (B, N, D)."""
+        d = self.backbone.d_model
+        if self.time_encoding == "gap":
+            return sinusoidal(dts, d)  # raw gaps, as Meta TPP's THP encodes its time entries
         s = self.scale
-        x = self.mark_emb(marks) + sinusoidal(times / s, self.backbone.d_model)  # THP's encoding
+        enc = sinusoidal(times / s, d)  # THP's encoding of the (scaled) event time
         if self.dt_proj is not None:
-            x = x + self.dt_proj(torch.log1p(dts.clamp_min(0) / s)[..., None])
-        return x
+            enc = enc + self.dt_proj(torch.log1p(dts.clamp_min(0) / s)[..., None])
+        return enc
+
+    def embed(self, times: Tensor, dts: Tensor, marks: Tensor) -> Tensor:
+        """The first layer's input E[k] + enc: (B, N) each -> (B, N, D)."""
+        return self.mark_emb(marks) + self.encoding(times, dts)
+
+    def _inputs(self, times: Tensor, dts: Tensor, marks: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(x, enc): the first layer's input and, in the every-layer form, the encoding added before layers 2..L."""
+        enc = self.encoding(times, dts)
+        return self.mark_emb(marks) + enc, (enc if self.every_layer else None)
 
     def heads(self, h: Tensor) -> tuple[Mixture, Tensor | None]:
         """h (..., D) -> Mixture of (..., K) tensors in data units, mark logits (..., M) or None."""
@@ -65,6 +95,28 @@ class EventModel(nn.Module):
 
     def forward(self, batch: dict) -> tuple[Mixture, Tensor | None]:
         """Parallel pass: position i's outputs predict the event after event i. (B, N, K), (B, N, M)."""
-        x = self.embed(batch["times"], batch["dts"], batch["marks"])  # (B, N, D)
-        h, _ = self.backbone(x, batch["mask"])  # (B, N, D), causal
+        x, enc = self._inputs(batch["times"], batch["dts"], batch["marks"])  # (B, N, D)
+        mask = batch["mask"]
+        if enc is None:
+            h, _ = self.backbone(x, mask)  # (B, N, D), causal
+        else:
+            for i, block in enumerate(self.backbone.blocks):
+                x, _ = block(x if i == 0 else x + enc, mask)
+            h = self.backbone.final_norm(x)
         return self.heads(h)
+
+    # streaming: one event at a time (tasks/events/stream.py)
+    def init_state(self, batch: int, device=None, dtype=torch.float32) -> BackboneState:
+        return self.backbone.init_state(batch, device=device, dtype=dtype)
+
+    def step(self, times: Tensor, dts: Tensor, marks: Tensor, state: BackboneState) -> tuple[Tensor, BackboneState]:
+        """One event per stream: times, dts (B,) data units, marks (B,) -> (h (B, D), new state)."""
+        x, enc = self._inputs(times[:, None], dts[:, None], marks[:, None])
+        x = x[:, 0]
+        if enc is None:
+            return self.backbone.step(x, state)
+        layers = []
+        for i, (block, st) in enumerate(zip(self.backbone.blocks, state.layers)):
+            x, st = block.step(x if i == 0 else x + enc[:, 0], st)
+            layers.append(st)
+        return self.backbone.final_norm(x), BackboneState(layers)

@@ -6,7 +6,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from tasks.events.data import EventSeqs, collate
-from tasks.events.likelihood import metric_sums, sequence_scores
+from tasks.events.likelihood import MetricSums, add_sums, metric_sums, sequence_scores, split_metrics
 from tasks.events.model import EventModel
 
 
@@ -22,9 +22,11 @@ class _Index(torch.utils.data.Dataset):
 
 
 class EventDataModule(L.LightningDataModule):
-    def __init__(self, splits: dict[str, EventSeqs], batch_size: int = 16, num_workers: int = 0):
+    def __init__(self, splits: dict[str, EventSeqs], batch_size: int = 16, num_workers: int = 0,
+                 data_source: dict | None = None):
         super().__init__()
         self.splits, self.batch_size, self.num_workers = splits, batch_size, num_workers
+        self.data_source = data_source  # what was read (datasets.Loaded.source): into the record
         self.num_marks = splits["train"].num_marks
         self.time_scale = splits["train"].mean_inter_time()
 
@@ -49,42 +51,58 @@ class EventDataModule(L.LightningDataModule):
         return self._loader("test", False)
 
 
-class EventModule(L.LightningModule):
-    """Trains on the mean NLL per scored event of each batch; evaluates exact split-level metrics."""
+LOSSES = ("mean", "sum")
 
-    def __init__(self, model: EventModel, optimizer):
+
+class EventModule(L.LightningModule):
+    """Trains on the batch's NLL; evaluates exact split-level metrics, ours and Meta TPP's.
+
+    loss="mean": the NLL per scored event of the batch (the suite's); "sum": the batch's summed
+    NLL (Meta TPP's). l2 > 0 adds 0.5 * l2 * ||theta||^2 over every parameter to that loss at each
+    training step (Meta TPP's penalty, with its optimizer's own decay set to 0); validation and
+    test never include it.
+    """
+
+    def __init__(self, model: EventModel, optimizer, loss: str = "mean", l2: float = 0.0):
         super().__init__()
+        if loss not in LOSSES:
+            raise ValueError(f"task.loss must be one of {LOSSES}, got {loss!r}")
+        if l2 < 0:
+            raise ValueError(f"task.l2 must be >= 0, got {l2}")
         self.model = model
         self.optimizer_factory = optimizer
-        self._sums: dict[str, list] = {}
+        self.loss_reduction, self.l2 = loss, float(l2)
+        self._sums: dict[str, MetricSums] = {}
 
     def forward(self, batch):
         return self.model(batch)
+
+    def l2_penalty(self) -> torch.Tensor:
+        """0.5 * l2 * sum of squared parameters (every parameter, as Meta TPP)."""
+        return 0.5 * self.l2 * sum((p**2).sum() for p in self.parameters())
 
     def training_step(self, batch, batch_idx):
         mix, logits = self.model(batch)
         sc = sequence_scores(mix, logits, batch)
         n = sc.n_scored.sum().clamp_min(1)
-        loss = -(sc.time_ll + sc.mark_ll + sc.surv_ll).sum() / n
-        self.log("train/nll", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=int(n))
+        nll_sum = -(sc.time_ll + sc.mark_ll + sc.surv_ll).sum()
+        loss = nll_sum / n if self.loss_reduction == "mean" else nll_sum
+        if self.l2:
+            loss = loss + self.l2_penalty()
+        self.log("train/nll", nll_sum.detach() / n, on_step=True, on_epoch=True, prog_bar=True, batch_size=int(n))
+        self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, batch_size=int(n))
         return loss
 
     def _accumulate(self, stage: str, batch):
-        mix, logits = self.model(batch)
-        s = metric_sums(mix, logits, batch)
-        acc = self._sums.setdefault(stage, [0.0] * len(s))
-        for i, v in enumerate(s):
-            acc[i] += v
+        s = metric_sums(*self.model(batch), batch)
+        self._sums[stage] = add_sums(self._sums[stage], s) if stage in self._sums else s
 
     def _emit(self, stage: str):
-        nll, nll_time, nll_mark, n, sq, correct = self._sums.pop(stage, [0.0] * 6)
-        n = max(n, 1)
-        out = {f"{stage}/nll": nll / n, f"{stage}/nll_time": nll_time / n, f"{stage}/rmse": (sq / n) ** 0.5}
-        if self.model.mark_head is not None:
-            out[f"{stage}/nll_mark"] = nll_mark / n
-            out[f"{stage}/acc"] = correct / n
-        for k, v in out.items():
-            self.log(k, float(v), prog_bar=k.endswith(("/nll", "/acc")))
+        s = self._sums.pop(stage, None)
+        if s is None:
+            return
+        for k, v in split_metrics(s, marked=self.model.mark_head is not None).items():
+            self.log(f"{stage}/{k}", float(v), prog_bar=k in ("nll", "acc"))
 
     def validation_step(self, batch, batch_idx):
         self._accumulate("val", batch)

@@ -7,7 +7,8 @@
 
 With the Aaren backbone the state is a fixed-size (m, c, a) per layer: constant memory
 however long the stream; with the Transformer it is a key/value cache that grows by one
-entry per event. ``observe`` runs the backbone's ``step``; the tests check that its
+entry per event. ``observe`` runs ``EventModel.step`` (the backbone's ``step``, layer by layer
+when the encoding enters every layer); the tests check that its
 outputs equal the parallel ``EventModel.forward`` position by position.
 """
 from __future__ import annotations
@@ -33,7 +34,7 @@ class StreamingPredictor:
         self.model = model
         p = next(model.parameters())
         self.device = device or p.device
-        self.state = model.backbone.init_state(batch, device=self.device, dtype=p.dtype)
+        self.state = model.init_state(batch, device=self.device, dtype=p.dtype)
         self.t_start = torch.as_tensor(t_start, dtype=torch.float64, device=self.device).expand(batch).clone()
         self.t_last = self.t_start.clone()
         self.n_seen = 0
@@ -53,9 +54,8 @@ class StreamingPredictor:
             raise ValueError(f"events must arrive in time order: got t={t.tolist()} after t={self.t_last.tolist()}")
         if torch.any((mark < 0) | (mark >= self.model.num_marks)):
             raise ValueError(f"mark {mark.tolist()} is outside [0, {self.model.num_marks})")
-        dt = (t - self.t_last).float()[:, None]  # (B, 1)
-        x = self.model.embed((t - self.t_start).float()[:, None], dt, mark[:, None])[:, 0]  # (B, D)
-        h, self.state = self.model.backbone.step(x, self.state)
+        dt = (t - self.t_last).float()  # (B,)
+        h, self.state = self.model.step((t - self.t_start).float(), dt, mark, self.state)  # (B, D)
         self.t_last = t.clone()
         self.n_seen += 1
         self.mix, self.mark_logits = self.model.heads(h)

@@ -49,27 +49,30 @@ def test_one_short_epoch_writes_a_record(model, runs_dir):
     m = rec["metrics"]
     assert {"test/nll", "test/nll_time", "test/rmse"} <= set(m) and "test/acc" not in m  # Sin is unmarked
     assert all(torch.isfinite(torch.tensor(v)) for v in m.values())
+    assert rec["protocol"] == "suite" and rec["data_source"]["kind"] == "generated"
     saved = json.loads((runs_dir / rec["cell"] / "result.json").read_text())
     assert rec["cell"].startswith("events/Sin/suite+x")  # smaller data than the paper cell: a tagged cell
     assert saved["metrics"] == m
 
 
 def test_split_metrics_are_exact_whatever_the_batch_size():
+    from functools import reduce
+
+    from tasks.events.data import collate
+    from tasks.events.likelihood import add_sums, split_metrics
+
     cfg = _cfg("dataset.n_seqs=30", "dataset.t_end=30")
     _, dm, module, _ = build(cfg)
     module.eval()
     seqs = dm.splits["test"]
-    from tasks.events.data import collate
 
     def total(bs):
-        acc = [0.0] * 6
-        for i in range(0, len(seqs), bs):
-            b = collate(seqs, range(i, min(i + bs, len(seqs))))
-            with torch.no_grad():
-                for j, v in enumerate(metric_sums(*module.model(b), b)):
-                    acc[j] += v
-        return acc[0] / acc[3], (acc[4] / acc[3]) ** 0.5
+        with torch.no_grad():
+            parts = [metric_sums(*module.model(b), b)
+                     for b in (collate(seqs, range(i, min(i + bs, len(seqs)))) for i in range(0, len(seqs), bs))]
+        return split_metrics(reduce(add_sums, parts), marked=False)
 
-    nll1, rmse1 = total(1)
-    nll7, rmse7 = total(7)
-    assert nll1 == pytest.approx(nll7, rel=1e-5) and rmse1 == pytest.approx(rmse7, rel=1e-5)
+    one, seven = total(1), total(7)
+    assert set(one) == {"nll", "nll_time", "rmse", "nll_metatpp", "rmse_metatpp"}
+    for k in one:  # Meta TPP's per-sequence RMSE does not depend on batching either
+        assert one[k] == pytest.approx(seven[k], rel=1e-5), k
