@@ -1,11 +1,15 @@
 """UEA data: read ``.ts`` files, check them, pad with a mask, split, standardise.
 
-Two protocols (docs/protocol/classify.md):
-- ``holdout`` (default): a stratified validation part of TRAIN for early stopping; every
-  split standardised with statistics of the training part only; report on TEST.
-- ``tslib``: the Time-Series-Library's own protocol, for comparison with published
-  numbers: validation = TEST (early stopping sees the test set), and each split is
-  standardised with its own statistics.
+The task keys that shape the splits (docs/protocol/classify.md; the protocol files in
+conf/task_protocol/ set them):
+- ``validation``: ``holdout`` (the suite's) a stratified part of TRAIN validates; ``test``
+  (the Time-Series-Library's) the TEST split doubles as validation, so early stopping and
+  model selection see the test set.
+- ``statistics``: ``train`` (the suite's) every split standardised with the training part's
+  mean and std; ``per_split`` (the library's) each split with its own. ``std_ddof``: 0 (the
+  population std) or 1 (pandas' sample std, the library's).
+- ``instance_norm_datasets``: datasets whose series are then normalised one by one
+  (:func:`instance_norm`; the library does it for EthanolConcentration only).
 """
 from __future__ import annotations
 
@@ -26,6 +30,8 @@ from aaren_bench.resume import resumable_loader
 log = logging.getLogger("aaren_bench")
 
 NAN_POLICIES = ("interpolate", "error")
+VALIDATIONS = ("holdout", "test")
+STATISTICS = ("train", "per_split")
 
 
 @dataclass
@@ -119,10 +125,15 @@ def pad(values: list[np.ndarray], max_len: int) -> tuple[np.ndarray, np.ndarray]
     return x, mask
 
 
-def fit_scaler(x: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel mean and std (float64) over the real (unpadded) time steps of every series."""
+def fit_scaler(x: np.ndarray, mask: np.ndarray, ddof: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std (float64) over the real (unpadded) time steps of every series.
+
+    ``ddof=1`` gives the sample std (the Time-Series-Library standardises with pandas'
+    ``DataFrame.std()`` over the rows of a split, i.e. its real steps, before padding).
+    A constant channel gets std 1 (it standardises to 0, as the library's ``/ (std + eps)``).
+    """
     real = x[mask].astype(np.float64)  # (total steps, channels); float32 sums and squares overflow
-    mean, std = real.mean(0), real.std(0)
+    mean, std = real.mean(0), real.std(0, ddof=ddof if len(real) > ddof else 0)
     return mean, np.where(std > 0, std, 1.0)
 
 
@@ -145,6 +156,23 @@ def standardize(x: np.ndarray, mask: np.ndarray, mean: np.ndarray, std: np.ndarr
     return z.astype(np.float32)
 
 
+def instance_norm(x: np.ndarray, mask: np.ndarray, eps: float = 1e-5) -> np.ndarray:
+    """(n, L, C) -> (n, L, C) float32: each series normalised by itself, 0 at padding.
+
+    The Time-Series-Library's ``UEAloader.instance_norm`` (EthanolConcentration only, after
+    the split's standardisation, on the real steps of one series ``(length, C)``): it
+    subtracts each channel's mean over time, then divides each STEP by the spread across
+    the channels at that step, ``sqrt(var over channels (ddof 0) + 1e-5)`` (its ``var`` is
+    taken over dimension 1, the channels, not over time). Reproduced as it is.
+    """
+    m = mask[..., None]  # (n, L, 1)
+    x64 = x.astype(np.float64)
+    steps = np.maximum(m.sum(1, keepdims=True), 1)  # (n, 1, 1)
+    centred = x64 - np.where(m, x64, 0.0).sum(1, keepdims=True) / steps  # channel means over real steps
+    spread = np.sqrt(centred.var(axis=2, keepdims=True) + eps)  # (n, L, 1): across channels, per step
+    return np.where(m, centred / spread, 0.0).astype(np.float32)
+
+
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices (train, val): ``fraction`` of each class to validation (at least one when the class has 2+)."""
     rng = np.random.default_rng(seed)
@@ -159,14 +187,20 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
 
 
 class UEADataModule(L.LightningDataModule):
-    def __init__(self, train_path: Path, test_path: Path, *, name: str, protocol: str = "holdout",
+    def __init__(self, train_path: Path, test_path: Path, *, name: str, validation: str = "holdout",
                  val_fraction: float = 0.2, split_seed: int = 0, standardize: bool = True,
+                 statistics: str = "train", std_ddof: int = 0, instance_norm: bool = False,
                  batch_size: int = 16, num_workers: int = 0, nan_policy: str = "interpolate"):
         super().__init__()
-        if protocol not in ("holdout", "tslib"):
-            raise ValueError(f"task.protocol must be 'holdout' or 'tslib', got {protocol!r}")
-        self.name, self.protocol = name, protocol
+        if validation not in VALIDATIONS:
+            raise ValueError(f"task.validation must be one of {VALIDATIONS}, got {validation!r}")
+        if statistics not in STATISTICS:
+            raise ValueError(f"task.statistics must be one of {STATISTICS}, got {statistics!r}")
+        if std_ddof not in (0, 1):
+            raise ValueError(f"task.std_ddof must be 0 or 1, got {std_ddof!r}")
+        self.name, self.validation, self.statistics = name, validation, statistics
         self.val_fraction, self.split_seed, self.standardize = val_fraction, split_seed, standardize
+        self.std_ddof, self.instance_norm = int(std_ddof), bool(instance_norm)
         self.batch_size, self.num_workers = batch_size, num_workers
         train, test = read_ts(Path(train_path), nan_policy), read_ts(Path(test_path), nan_policy)
         if train.channels != test.channels:
@@ -196,22 +230,29 @@ class UEADataModule(L.LightningDataModule):
         ytr = np.array([to_idx[c] for c in self._train.labels])
         xte, mte = pad(self._test.values, self.max_len)
         yte = np.array([to_idx[c] for c in self._test.labels])
-        if self.protocol == "holdout":
+        if self.validation == "holdout":
             tr, va = stratified_split(self._train.labels, self.val_fraction, self.split_seed)
             parts = {"train": (xtr[tr], mtr[tr], ytr[tr]), "val": (xtr[va], mtr[va], ytr[va]), "test": (xte, mte, yte)}
-            stats = fit_scaler(xtr[tr], mtr[tr]) if self.standardize else None
-            scalers = {k: stats for k in parts}
-        else:  # the anchor's: validation is TEST, each split scaled by its own statistics
+        else:  # the anchor's: no validation part, TEST validates (model selection sees the test set)
             parts = {"train": (xtr, mtr, ytr), "val": (xte, mte, yte), "test": (xte, mte, yte)}
-            scalers = {k: fit_scaler(x, m) if self.standardize else None for k, (x, m, _) in parts.items()}
+        if not self.standardize:
+            scalers = dict.fromkeys(parts)
+        elif self.statistics == "train":
+            stats = fit_scaler(*parts["train"][:2], ddof=self.std_ddof)
+            scalers = dict.fromkeys(parts, stats)
+        else:  # the anchor's: each split by its own statistics (val and test are the same series then)
+            scalers = {k: fit_scaler(x, m, ddof=self.std_ddof) for k, (x, m, _) in parts.items()}
         for split, (x, m, y) in parts.items():
             if scalers[split] is not None:
                 x = standardize(x, m, *scalers[split], where=f"{self.name} ({split} part)")
+            if self.instance_norm:
+                x = instance_norm(x, m)
             ds = TensorDataset(torch.from_numpy(x), torch.from_numpy(m), torch.from_numpy(y).long())
             setattr(self, f"{split}_set", ds)
-        log.info("%s: %d train / %d val / %d test series, %d channels, length <= %d, %d classes (protocol %s)",
-                 self.name, len(self.train_set), len(self.val_set), len(self.test_set),
-                 self.n_channels, self.max_len, self.n_classes, self.protocol)
+        log.info("%s: %d train / %d val / %d test series, %d channels, length <= %d, %d classes "
+                 "(validation %s, %s statistics%s)", self.name, len(self.train_set), len(self.val_set),
+                 len(self.test_set), self.n_channels, self.max_len, self.n_classes, self.validation,
+                 self.statistics, ", instance-normalised" if self.instance_norm else "")
 
     def _loader(self, ds, shuffle: bool) -> DataLoader:
         # training: an order drawn from (seed, epoch) that a resumed run continues mid-epoch

@@ -62,16 +62,17 @@ def test_read_ts_roundtrip(tmp_path):
 
 
 def test_holdout_uses_train_statistics_and_tslib_per_split(tmp_path):
+    """validation=holdout with train statistics (the suite's); validation=test with each split's own (the anchor's)."""
     tr, *_ = toy_split(tmp_path, name="TRAIN", seed=0)
     te, *_ = toy_split(tmp_path, name="TEST", seed=1)
-    dm = UEADataModule(tr, te, name="Toy", protocol="holdout", val_fraction=0.25)
+    dm = UEADataModule(tr, te, name="Toy", validation="holdout", statistics="train", val_fraction=0.25)
     dm.setup()
     x, m, _ = dm.train_set.tensors
     assert abs(float(x[m].mean())) < 1e-5  # the train part is centred by its own statistics
     xt, mt, _ = dm.test_set.tensors
     assert abs(float(xt[mt].mean())) > 1e-3  # the test part is not re-centred
     assert len(dm.val_set) == 3 and len(dm.train_set) == 9
-    dm2 = UEADataModule(tr, te, name="Toy", protocol="tslib")
+    dm2 = UEADataModule(tr, te, name="Toy", validation="test", statistics="per_split")
     dm2.setup()
     xt2, mt2, _ = dm2.test_set.tensors
     assert abs(float(xt2[mt2].mean())) < 1e-5  # the anchor scales every split by itself
