@@ -322,9 +322,9 @@ def test_sinusoidal_is_the_transformer_encoding(d):
 
 def test_task_embeddings_use_the_one_sinusoidal():
     from tasks.events.model import EventModel
-    from tasks.forecast.head import Embedding
+    from tasks.forecast.embed import DataEmbedding
 
-    emb = Embedding(n_channels=2, n_marks=3, d_model=16, dropout=0.0, max_len=50)
+    emb = DataEmbedding(n_channels=2, n_marks=3, d_model=16, dropout=0.0, max_len=50)
     assert torch.equal(emb.positions, sinusoidal(torch.arange(50), 16))
     ev = EventModel(make("aaren", d_model=16, n_layers=1).float(), num_marks=1, time_scale=2.0)
     t = torch.rand(2, 5) * 10
