@@ -5,8 +5,15 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from aaren_bench.resume import resumable_loader
 from tasks.events.data import EventSeqs, collate
-from tasks.events.likelihood import MetricSums, add_sums, metric_sums, sequence_scores, split_metrics
+from tasks.events.likelihood import (
+    MetricSums,
+    add_sums,
+    metric_sums,
+    sequence_scores,
+    split_metrics,
+)
 from tasks.events.model import EventModel
 
 
@@ -32,7 +39,8 @@ class EventDataModule(L.LightningDataModule):
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         seqs = self.splits[name]
-        return DataLoader(
+        # training resumable mid-epoch (order from (seed, epoch) only); evaluation in order
+        return resumable_loader(
             _Index(len(seqs)),
             batch_size=self.batch_size,
             shuffle=shuffle,
