@@ -14,6 +14,8 @@ import torch
 
 from aaren_bench.bench import measure, suite
 
+FAMILY = ("aaren", "transformer", "linear_attn", "mamba2")
+
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
@@ -40,24 +42,36 @@ def test_every_file_is_written(tiny_run):
 def test_kernel_rows_cover_every_variant(tiny_run):
     rows = read(tiny_run / "kernel.csv")
     got = {(r["variant"], r["pass"]) for r in rows}
-    for variant in ("cumsum", "fast", "hillis-steele", "oracle"):
+    for variant in ("cumsum", "fast", "hillis-steele", "oracle", "linear_attn", "ssd"):
         assert (variant, "forward") in got and (variant, "forward+backward") in got
     assert all(float(r["median_s"]) > 0 for r in rows)
 
 
 def test_streaming_state_sizes(tiny_run):
     rows = read(tiny_run / "streaming.csv")
-    aaren = [int(r["state_bytes"]) for r in rows if r["backbone"] == "aaren"]
-    kv = [int(r["state_bytes"]) for r in rows if r["backbone"] == "transformer"]
-    assert len(set(aaren)) == 1 and len(kv) == len(aaren) == 2
-    assert kv[-1] > kv[0] > aaren[0]
+    state = {k: [int(r["state_bytes"]) for r in rows if r["backbone"] == k] for k in FAMILY}
+    for k in ("aaren", "linear_attn", "mamba2"):  # constant-size recurrent states
+        assert len(state[k]) == 2 and len(set(state[k])) == 1, k
+    kv = state["transformer"]
+    assert len(kv) == 2 and kv[-1] > kv[0] > max(state["aaren"][0], state["linear_attn"][0], state["mamba2"][0])
 
 
 def test_layer_rows_have_time_and_memory(tiny_run):
     rows = read(tiny_run / "layer.csv")
-    assert {r["backbone"] for r in rows} == {"aaren", "transformer"}
+    assert {r["backbone"] for r in rows} == set(FAMILY)
     for r in rows:
-        assert float(r["median_s"]) > 0 and int(r["saved_bytes"]) > 0
+        assert float(r["median_s"]) > 0 and int(r["saved_bytes"]) > 0 and int(r["params"]) > 0
+
+
+def test_mixers_option_selects_backbones_and_kernels(tmp_path):
+    args = ["--tiny", "--out", str(tmp_path), "--device", "cpu", "--threads", "1", "--repeats", "1",
+            "--stream-tokens", "32", "--kernel-lengths", "32", "--layer-lengths", "16", "--mixers", "mamba2,aaren"]
+    assert suite.main(args) == 0
+    assert {r["backbone"] for r in read(tmp_path / "layer.csv")} == {"mamba2", "aaren"}
+    assert {r["backbone"] for r in read(tmp_path / "streaming.csv")} == {"mamba2", "aaren"}
+    assert {r["variant"] for r in read(tmp_path / "kernel.csv")} == {"cumsum", "ssd", "fast", "hillis-steele", "oracle"}
+    text = (tmp_path / "summary.txt").read_text()
+    assert "[PASS] Mamba-2 state size independent of N" in text and "Transformer KV cache" not in text
 
 
 def test_summary_names_the_targets(tiny_run):
@@ -65,7 +79,10 @@ def test_summary_names_the_targets(tiny_run):
     assert "measured on:" in text
     assert "fast forward <= 2x cumsum" in text
     assert "[PASS] Aaren state size independent of N" in text
+    assert "[PASS] Linear attention state size independent of N" in text
+    assert "[PASS] Mamba-2 state size independent of N" in text
     assert "[PASS] Transformer KV cache grows linearly" in text
+    assert "linear attention (chunked)" in text and "Mamba-2 SSD (chunked)" in text
 
 
 def test_bench_is_an_aaren_bench_command():
@@ -79,6 +96,9 @@ def test_bad_arguments_say_what_to_do(tmp_path, capsys):
     with pytest.raises(SystemExit):
         suite.main(["--kernel-lengths", "abc", "--out", str(tmp_path)])
     assert "comma-separated lengths" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        suite.main(["--mixers", "aaren,rwkv", "--out", str(tmp_path)])
+    assert "comma-separated mixers" in capsys.readouterr().err
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit, match="no CUDA device"):
             suite.main(["--device", "cuda", "--out", str(tmp_path)])

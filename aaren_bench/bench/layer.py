@@ -1,9 +1,9 @@
-"""A layer's training step (forward + backward) for Aaren and the causal Transformer.
+"""A layer's training step (forward + backward) for every mixer of the family.
 
-One block of each backbone (same norms, feed-forward, sizes; the Transformer's mixer is
-``scaled_dot_product_attention`` with ``is_causal=True``) on a batch of random inputs;
-the loss is the mean square of the output. Time: the two backbones take turns, median
-and minimum over rounds. Memory, per step: the peak above what was in use before it
+One block of each backbone (same norms, feed-forward, sizes; only the token mixer differs:
+Aaren's scan, the Transformer's ``scaled_dot_product_attention`` with ``is_causal=True``,
+linear attention's and Mamba-2's chunked forms) on a batch of random inputs; the loss is the
+mean square of the output. Time: the backbones take turns, median and minimum over rounds. Memory, per step: the peak above what was in use before it
 (see :mod:`aaren_bench.bench.measure` for the method), and the bytes the autograd graph
 keeps for the backward pass (unique storages of the saved tensors), which needs no
 allocator support and is exact.
@@ -17,7 +17,9 @@ import torch
 from aaren_bench.bench.measure import peak_memory, time_interleaved
 from aaren_bench.nn import Backbone, mixer_factory
 
-BACKBONES = ("aaren", "transformer")
+BACKBONES = ("aaren", "transformer", "linear_attn", "mamba2")
+# how a step's time grows with N, for skipping a length predicted to take too long
+GROWTH = {"transformer": 2.0}  # the others are linear in N
 
 
 @dataclass
@@ -30,11 +32,13 @@ class LayerSizes:
     repeats: int = 3
     max_step_s: float = 60.0  # skip a length whose predicted step time exceeds this
     scan_chunk: int = 32
+    chunk: int = 64  # linear attention's and Mamba-2's block
 
 
 def build(kind: str, sizes: LayerSizes, device: torch.device) -> Backbone:
     torch.manual_seed(0)
-    options = {"scan_chunk": sizes.scan_chunk} if kind == "aaren" else {}
+    options = {"aaren": {"scan_chunk": sizes.scan_chunk}, "linear_attn": {"chunk": sizes.chunk},
+               "mamba2": {"chunk": sizes.chunk}}.get(kind, {})
     mixer = mixer_factory(kind, n_heads=sizes.n_heads, **options)
     model = Backbone(mixer, d_model=sizes.d_model, n_layers=1, d_ff=sizes.d_ff, dropout=0.0)
     return model.to(device).train()
@@ -63,18 +67,19 @@ def saved_for_backward_bytes(model: Backbone, x: torch.Tensor) -> int:
     return sum(storages.values())
 
 
-def run_layer(sizes: LayerSizes, device: torch.device, log=print) -> list[dict]:
+def run_layer(sizes: LayerSizes, device: torch.device, log=print, backbones=BACKBONES) -> list[dict]:
     """One row per (backbone, N): step time, peak memory, saved-for-backward bytes."""
-    models = {k: build(k, sizes, device) for k in BACKBONES}
+    models = {k: build(k, sizes, device) for k in backbones}
+    params = {k: sum(p.numel() for p in m.parameters()) for k, m in models.items()}
     rows = []
     last: dict[str, tuple[int, float]] = {}
     for N in sizes.lengths:
         x = torch.randn(sizes.batch, N, sizes.d_model, generator=torch.Generator().manual_seed(N)).to(device)
         run = {}
-        for k in BACKBONES:
+        for k in backbones:
             if k in last:
                 n0, t0 = last[k]
-                predicted = t0 * (N / n0) ** 2  # quadratic: an upper bound for both
+                predicted = t0 * (N / n0) ** GROWTH.get(k, 1.0)
                 if predicted > sizes.max_step_s:
                     log(f"layer N={N}: {k} skipped (predicted step {predicted:.0f} s > max_step_s {sizes.max_step_s:g} s)")
                     rows.append({"backbone": k, "N": N, "batch": sizes.batch, "d_model": sizes.d_model, "skipped": "over time budget"})
@@ -90,11 +95,12 @@ def run_layer(sizes: LayerSizes, device: torch.device, log=print) -> list[dict]:
             rows.append(
                 {"backbone": k, "N": N, "batch": sizes.batch, "d_model": sizes.d_model, "skipped": "",
                  "median_s": res[k]["median"], "min_s": res[k]["min"], "runs": res[k]["runs"],
-                 "peak_bytes": peak, "saved_bytes": saved}
+                 "peak_bytes": peak, "saved_bytes": saved, "params": params[k]}
             )
         msg = ", ".join(f"{k} {res[k]['median'] * 1e3:.0f} ms" for k in run)
-        if len(run) == 2:
-            msg += f" (aaren/transformer {res['aaren']['median'] / res['transformer']['median']:.2f})"
+        if "transformer" in run:
+            msg += " (/ transformer: " + ", ".join(
+                f"{k} {res[k]['median'] / res['transformer']['median']:.2f}" for k in run if k != "transformer") + ")"
         log(f"layer N={N}: {msg}")
         del x, run
     return rows

@@ -1,8 +1,9 @@
 """`aaren-bench bench`: the efficiency suite (CSV files, PNG plots, a text summary).
 
-    aaren-bench bench                      # full sizes (CPU: about an hour on 2 cores)
+    aaren-bench bench                      # full sizes, every mixer (CPU: one to two hours on 2 cores)
     aaren-bench bench --tiny               # seconds: proves the suite works (CI)
     aaren-bench bench --only kernel --kernel-lengths 8192
+    aaren-bench bench --mixers aaren,transformer   # only these backbones (and their kernels)
     python -m aaren_bench.bench.suite --out bench_results
 
 Writes into ``--out`` (default ``bench_results/``): ``streaming.csv``, ``kernel.csv``,
@@ -33,6 +34,7 @@ if _OMP_POLICY_SET_HERE:
 import torch  # noqa: E402
 
 from aaren_bench.bench.kernel import KernelSizes, run_kernel  # noqa: E402
+from aaren_bench.bench.layer import BACKBONES as MIXERS  # noqa: E402
 from aaren_bench.bench.layer import LayerSizes, run_layer  # noqa: E402
 from aaren_bench.bench.measure import hardware, write_csv, write_text  # noqa: E402
 from aaren_bench.bench.plots import plot_kernel, plot_layer, plot_streaming  # noqa: E402
@@ -44,9 +46,9 @@ PARTS = ("streaming", "kernel", "layer")
 
 TINY = {
     "streaming": StreamSizes(batch=1, tokens=256, every=32, d_model=16, n_heads=2, n_layers=1, d_ff=32),
-    "kernel": KernelSizes(batch=2, heads=1, dim=8, lengths=(64, 256), repeats=2, chunk=16, oracle_max_n=256,
-                          hillis_steele_backward_max_n=256),
-    "layer": LayerSizes(batch=2, lengths=(64, 128), d_model=16, n_heads=2, d_ff=32, repeats=2, scan_chunk=16),
+    "kernel": KernelSizes(batch=2, heads=1, dim=8, lengths=(64, 256), repeats=2, chunk=16, family_chunk=16,
+                          oracle_max_n=256, hillis_steele_backward_max_n=256),
+    "layer": LayerSizes(batch=2, lengths=(64, 128), d_model=16, n_heads=2, d_ff=32, repeats=2, scan_chunk=16, chunk=16),
 }
 FULL = {"streaming": StreamSizes(every=128), "kernel": KernelSizes(), "layer": LayerSizes()}
 
@@ -61,10 +63,20 @@ def _lengths(text: str) -> tuple[int, ...]:
     return values
 
 
+def _mixers(text: str) -> tuple[str, ...]:
+    names = tuple(x.strip() for x in text.split(",") if x.strip())
+    unknown = [n for n in names if n not in MIXERS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(f"expected comma-separated mixers from {', '.join(MIXERS)}; got {text!r}")
+    return names
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("bench_results"), help="output folder (default: bench_results)")
     parser.add_argument("--tiny", action="store_true", help="tiny sizes: a quick check that everything runs (CI)")
     parser.add_argument("--only", choices=PARTS, action="append", help="run only this part (repeatable)")
+    parser.add_argument("--mixers", type=_mixers, default=MIXERS,
+                        help=f"comma-separated backbones to measure (default: all, {','.join(MIXERS)})")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--repeats", type=int, help="timing rounds (default: 7 kernel, 3 layer)")
@@ -126,13 +138,13 @@ def run(args) -> int:
     for part in parts:
         t0 = time.time()
         if part == "streaming":
-            rows = run_streaming(sizes[part], device, log.info)
+            rows = run_streaming(sizes[part], device, log.info, args.mixers)
             plot = plot_streaming
         elif part == "kernel":
-            rows = run_kernel(sizes[part], device, log.info)
+            rows = run_kernel(sizes[part], device, log.info, args.mixers)
             plot = plot_kernel
         else:
-            rows = run_layer(sizes[part], device, log.info)
+            rows = run_layer(sizes[part], device, log.info, args.mixers)
             plot = plot_layer
         write_csv(out / f"{part}.csv", rows)
         plot(rows, out / f"{part}.png", f"{part}: {where}")
