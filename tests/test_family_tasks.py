@@ -113,7 +113,9 @@ def decision_model(kind: str, seed: int = 0):
     cfg = OmegaConf.create(dict(name=kind, mixer=kind, d_model=16, n_layers=2, n_heads=2, d_ff=32, dropout=0.1,
                                 norm_first=True))
     m = DecisionModel(build_backbone(cfg), S, A, max_timestep=64)
-    m.set_state_stats(np.full(S, 0.5, np.float32), np.full(S, 2.0, np.float32))
+    with torch.no_grad():  # the normalisation statistics, set directly (as set_state_stats would)
+        m.state_mean.fill_(0.5)
+        m.state_std.fill_(2.0)
     return m.eval()
 
 
