@@ -220,13 +220,13 @@ def heads(args) -> dict:
         C = get(ds).info["channels"]
         for H in (96, 720):
             row = {}
-            for head in ("last", "steps", "decoder"):
+            for head in ("last", "patch", "decoder"):
                 net = Forecaster(bb, C, 4, 96, 48, H, head=head)
                 row[head] = net.parameter_split()["head"]
             net = EncoderDecoder(bb, decoder_mixer(model), C, 4, 96, 48, H, n_heads=8, d_ff=dff)
             row["tslib_decoder"] = net.parameter_split()["head"]
             out[f"{ds}-H{H}"] = {"channels": C, **row}
-            print(f"[heads] {ds:8s} C={C:4d} H={H:3d}: last {row['last']:>12,}  steps {row['steps']:>9,}  "
+            print(f"[heads] {ds:8s} C={C:4d} H={H:3d}: last {row['last']:>12,}  patch {row['patch']:>10,}  "
                   f"decoder {row['decoder']:>9,}  tslib decoder {row['tslib_decoder']:>10,}", flush=True)
     return out
 
@@ -317,7 +317,7 @@ def main(argv=None):
     p.add_argument("--runs", default=os.environ.get("AAREN_RUNS", str(REPO / "runs" / "bench")))
     p.add_argument("--json", help="write the figures to this JSON file as well")
     p.add_argument("overrides", nargs="*", help="Hydra overrides after --")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
     torch.set_num_threads(args.threads)
     res = {"mode": args.mode, "threads": args.threads, "anchor": ANCHOR}
     modes = {"speed": speed, "profile": profile, "evaluate": evaluate, "heads": heads, "equivalence": equivalence}

@@ -65,7 +65,7 @@ class ForecastTask(Task):
         common = dict(n_channels=dm.n_channels, n_marks=dm.n_marks, seq_len=t.seq_len, label_len=t.label_len,
                       pred_len=t.pred_len, instance_norm=t.instance_norm, value_embedding=t.value_embedding)
         if t.layout == "stack":
-            net = Forecaster(backbone, head=t.head, dropout=t.backbone.dropout, **common)
+            net = Forecaster(backbone, head=t.head, dropout=t.backbone.dropout, patch_len=t.patch_len, **common)
         elif t.layout == "encoder_decoder":
             m = cfg.model  # the decoder is sized and mixed as the encoder (the backbone) is
             if m.get("norm_first", False):

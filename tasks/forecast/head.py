@@ -3,13 +3,14 @@
 The same :class:`Forecaster` wraps every backbone; only ``backbone`` differs. Three heads
 (``task.head``), each identical for every backbone:
 
-- ``steps`` (default): the backbone reads the ``seq_len`` input tokens; its output at the last
-  position h (which has seen the whole window; for Aaren the RNN's final state) is combined
-  with each horizon step's own embedding e_t (the input embedding's position and calendar
-  parts, at positions seq_len .. seq_len + pred_len - 1), and one small MLP shared by all steps
-  maps it to the step's C values: y_t = W_2 GELU(W_1 (h + e_t)), W_1 (D -> D), W_2 (D -> C).
-  Parameters D^2 + D + (D + 1) C: nothing grows with pred_len, and the backbone's cost does not
-  either (it always reads seq_len tokens).
+- ``patch`` (default): the backbone reads the ``seq_len`` input tokens; its output at the last
+  position h (which has seen the whole window; for Aaren the RNN's final state) is added to the
+  embedding e_p of each horizon patch p of ``patch_len`` (S) steps (the input embedding's
+  position and calendar parts of the patch's first step, no new parameters), and one MLP shared
+  by all patches maps it to the patch's S x C values:
+  y_p = W_2 drop(GELU(W_1 (h + e_p))), W_1 (D -> D), W_2 (D -> S C); the last patch is cut to
+  the horizon. Parameters D^2 + D + (D + 1) S C: nothing grows with pred_len, and the backbone's
+  cost does not either (it always reads seq_len tokens).
 - ``last``: the same h projected by one Linear(D -> pred_len * C) to the whole horizon
   (D x pred_len x C parameters: 318 M for Traffic at 720 steps; kept for comparison).
 - ``decoder``: the backbone reads the seq_len input tokens, the last ``label_len`` input steps
@@ -27,7 +28,7 @@ from torch import Tensor, nn
 
 from tasks.forecast.embed import DataEmbedding
 
-HEADS = ("steps", "last", "decoder")
+HEADS = ("patch", "last", "decoder")
 
 
 def instance_norm(x: Tensor, eps: float = 1e-5) -> tuple[Tensor, Tensor, Tensor]:
@@ -52,8 +53,8 @@ class Forecaster(nn.Module):
     """(x (B, L, C), x_mark (B, L, F), y_mark (B, label_len + pred_len, F)) -> forecast (B, pred_len, C)."""
 
     def __init__(self, backbone: nn.Module, n_channels: int, n_marks: int, seq_len: int, label_len: int,
-                 pred_len: int, head: str = "steps", dropout: float = 0.1, instance_norm: bool = True,
-                 value_embedding: str = "linear"):
+                 pred_len: int, head: str = "patch", dropout: float = 0.1, instance_norm: bool = True,
+                 value_embedding: str = "linear", patch_len: int = 24):
         super().__init__()
         if head not in HEADS:
             raise ValueError(f"task.head must be one of {HEADS}, got {head!r}")
@@ -62,11 +63,14 @@ class Forecaster(nn.Module):
                              "input and placeholders would mix the placeholders into the last input token")
         d = backbone.d_model
         self.backbone, self.head, self.instance_norm = backbone, head, instance_norm
+        if patch_len < 1:
+            raise ValueError(f"task.patch_len must be a positive number of steps, got {patch_len}")
         self.seq_len, self.label_len, self.pred_len, self.n_channels = seq_len, label_len, pred_len, n_channels
+        self.patch_len = patch_len
         self.embed = DataEmbedding(n_channels, n_marks, d, dropout, max_len=seq_len + label_len + pred_len,
                                    value=value_embedding, placeholders=head == "decoder")
-        if head == "steps":
-            self.proj = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Dropout(dropout), nn.Linear(d, n_channels))
+        if head == "patch":
+            self.proj = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Dropout(dropout), nn.Linear(d, patch_len * n_channels))
         else:
             self.proj = nn.Linear(d, pred_len * n_channels if head == "last" else n_channels)
 
@@ -92,6 +96,8 @@ class Forecaster(nn.Module):
             if self.head == "last":
                 out = self.proj(last).view(B, self.pred_len, C)
             else:
-                steps = self.embed.positions[L : L + self.pred_len] + self.embed.calendar(y_mark[:, -self.pred_len :])
-                out = self.proj(last[:, None] + steps)  # (B, pred_len, D) -> (B, pred_len, C)
+                starts = torch.arange(0, self.pred_len, self.patch_len, device=x.device)  # (P,) first step of each patch
+                e = self.embed.positions[L + starts] + self.embed.calendar(y_mark[:, -self.pred_len :][:, starts])  # (B, P, D)
+                out = self.proj(last[:, None] + e)  # (B, P, S * C)
+                out = out.view(B, len(starts) * self.patch_len, C)[:, : self.pred_len]  # (B, pred_len, C)
         return out * std + mean if self.instance_norm else out

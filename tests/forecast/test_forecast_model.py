@@ -13,7 +13,7 @@ from tasks.forecast.module import ForecastModule, type1_factor
 KINDS = ["aaren", "transformer"]
 
 
-def net(kind, head="steps", seq=12, label=4, pred=6, C=3, F=4):
+def net(kind, head="patch", seq=12, label=4, pred=6, C=3, F=4):
     torch.manual_seed(0)
     bb = build_backbone(dict(mixer=kind, d_model=16, n_layers=2, n_heads=2, d_ff=32, dropout=0.0))
     return Forecaster(bb, C, F, seq, label, pred, head=head, dropout=0.0).double().eval()
@@ -56,7 +56,7 @@ def test_instance_norm_statistics():
     assert torch.all(z[0, :, 1] == 0)
 
 
-@pytest.mark.parametrize("head", ["steps", "last", "decoder"])
+@pytest.mark.parametrize("head", ["patch", "last", "decoder"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_forecast_shape_and_normalisation_equivariance(kind, head):
     """Instance normalisation + de-normalisation: forecasting x+b gives forecast+b exactly, and a*x gives
@@ -71,7 +71,7 @@ def test_forecast_shape_and_normalisation_equivariance(kind, head):
     assert not torch.allclose(m(a * x, xm, ym), y, atol=1e-2)  # the scale does reach the forecast
 
 
-@pytest.mark.parametrize("head,n_tokens", [("steps", 12), ("last", 12), ("decoder", 12 + 4 + 6)])
+@pytest.mark.parametrize("head,n_tokens", [("patch", 12), ("last", 12), ("decoder", 12 + 4 + 6)])
 def test_both_backbones_see_the_same_tokens(head, n_tokens):
     """The backbone is the only difference: the same embedded sequence goes into either one."""
     seen, embed = {}, None
@@ -85,9 +85,9 @@ def test_both_backbones_see_the_same_tokens(head, n_tokens):
     torch.testing.assert_close(seen["aaren"], seen["transformer"])
 
 
-@pytest.mark.parametrize("head", ["steps", "decoder"])
+@pytest.mark.parametrize("head", ["patch", "decoder"])
 def test_future_calendar_features_reach_the_forecast(head):
-    """The steps and decoder heads read the calendar features of the steps to forecast (never their values:
+    """The patch and decoder heads read the calendar features of the steps to forecast (never their values:
     they only receive x, x_mark and y_mark)."""
     m = net("aaren", head)
     x, xm, ym = batch()
@@ -124,3 +124,22 @@ def test_logged_test_metrics_are_exact_over_every_window():
         pred = m(data.tensors[0], data.tensors[1], data.tensors[3])
     mse, mae = mse_mae(pred, data.tensors[2])
     assert out["test/mse"] == pytest.approx(mse, rel=1e-5) and out["test/mae"] == pytest.approx(mae, rel=1e-5)
+
+
+@pytest.mark.parametrize("pred,patch_len", [(6, 2), (5, 2), (6, 24), (7, 1)])
+def test_patch_head_covers_the_horizon_and_each_patch_reads_its_own_embedding(pred, patch_len):
+    """ceil(pred / patch_len) patches, the last one cut to the horizon; changing the calendar features
+    of patch p's first step changes exactly that patch's steps."""
+    torch.manual_seed(0)
+    bb = build_backbone(dict(mixer="aaren", d_model=16, n_layers=1, n_heads=2, d_ff=32, dropout=0.0))
+    m = Forecaster(bb, 3, 4, 12, 4, pred, head="patch", dropout=0.0, patch_len=patch_len).double().eval()
+    x, xm, ym = batch(pred=pred)
+    y = m(x, xm, ym)
+    assert y.shape == (5, pred, 3)
+    for p, start in enumerate(range(0, pred, patch_len)):
+        ym2 = ym.clone()
+        ym2[:, 4 + start] += 0.3  # the first step of patch p (y_mark holds label_len = 4 steps first)
+        changed = (m(x, xm, ym2) - y).abs().amax((0, 2)) > 1e-12  # (pred,)
+        expect = torch.zeros(pred, dtype=torch.bool)
+        expect[start : start + patch_len] = True
+        assert changed.tolist() == expect.tolist()

@@ -151,7 +151,7 @@ def test_tslib_keys_and_causal_flag_in_the_config():
     assert t.model.causal is False, "the anchor's encoder is bidirectional"
     assert compose_config(["dataset=ETTh1", "protocol=tslib", "model=aaren"]).model.causal is True
     s = compose_config(["dataset=ETTh1", "model=transformer"])
-    assert s.model.causal is True and s.task.layout == "stack" and s.task.head == "steps"
+    assert s.model.causal is True and s.task.layout == "stack" and s.task.head == "patch" and s.task.patch_len == 24
     assert dict(s.task.drop_last) == {"train": False, "val": False, "test": False}
 
 
@@ -207,7 +207,7 @@ def test_default_head_does_not_grow_with_horizon_times_channels(d):
     bb = build_backbone(model_cfg("transformer", d=d) | {"n_layers": 1})
     size = {(H, Cn): Forecaster(bb, Cn, F, 96, 48, H).parameter_split()["head"] for H in (96, 720) for Cn in (1, 7, 862)}
     for Cn in (1, 7, 862):
-        assert size[(96, Cn)] == size[(720, Cn)] == d * d + d + (d + 1) * Cn
+        assert size[(96, Cn)] == size[(720, Cn)] == d * d + d + (d + 1) * 24 * Cn  # patch_len 24
     last = {H: Forecaster(bb, 862, F, 96, 48, H, head="last").parameter_split()["head"] for H in (96, 720)}
     assert last[720] == (d + 1) * 720 * 862 and last[720] > 7 * last[96]  # what the default avoids
     m = model_cfg("transformer", d=d)
