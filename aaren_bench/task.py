@@ -17,6 +17,7 @@ the task keys it sets (``task.monitor`` / ``task.monitor_mode``), never by name.
 from __future__ import annotations
 
 import importlib
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -39,20 +40,21 @@ class Selection:
             raise ValueError(f"selection mode must be 'min' or 'max', got {self.mode!r}")
 
 
-class Task:
+class Task(ABC):
     """Base class of the four tasks. Subclasses set ``name`` and ``metrics`` and implement the
     two builders; ``selection`` defaults to ``task.monitor`` / ``task.monitor_mode``."""
 
     name: str = ""
     metrics: tuple[str, ...] = ()  # the test metrics the module logs; the first is the primary
 
+    @abstractmethod
     def build_datamodule(self, cfg) -> Any:
-        raise NotImplementedError(f"task {self.name!r} must implement build_datamodule(cfg)")
+        """The LightningDataModule of the dataset ``cfg.dataset`` names; it reads the data."""
 
+    @abstractmethod
     def build_module(self, cfg, datamodule: Any, backbone: torch.nn.Module, optimizer: OptimizerFactory) -> Any:
         """The LightningModule; data sizes (channels, classes, marks, obs/act dims) come from the
         datamodule, which has read the data, never from the config."""
-        raise NotImplementedError(f"task {self.name!r} must implement build_module(cfg, datamodule, backbone, optimizer)")
 
     def test_metrics(self, cfg) -> tuple[str, ...]:
         return self.metrics
