@@ -265,9 +265,10 @@ def ssd_chunked(
     if h is None:
         h = own.new_zeros(b, H, P, S)
     entering = []
-    for j in range(J):
+    # unbind once: indexing [:, :, j] in the loop would give each block a full-size gradient buffer
+    for decay_j, own_j in zip(block_decay.unbind(2), own.unbind(2)):
         entering.append(h)
-        h = block_decay[:, :, j, None, None] * h + own[:, :, j]
+        h = decay_j[:, :, None, None] * h + own_j
     h_in = torch.stack(entering, dim=2)  # (b, H, J, P, S)
     y = y + torch.exp(from_start)[..., None] * torch.einsum("bhjtn,bhjpn->bhjtp", Ch, h_in)
 
