@@ -194,6 +194,30 @@ def test_bidirectional_transformer_sees_the_whole_sequence():
     torch.testing.assert_close(mix(x, mask)[0], mix.out_proj(mix.merge(o)), **TIGHT)
 
 
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
+@pytest.mark.parametrize("masked", [False, True], ids=["dense", "padded"])
+def test_attention_dropout_drops_weights_only_while_training(causal, masked):
+    """attn_dropout (the tslib protocols' 0.1): off in eval (the outputs equal a model without
+    it), random while training, and unbiased: the mean over many draws is the eval output (a
+    dropout without the 1/(1-p) rescaling, or on the values, fails this)."""
+    mix = make("transformer", causal=causal, n_layers=1, attn_dropout=0.5).blocks[0].mixer
+    ref = make("transformer", causal=causal, n_layers=1).blocks[0].mixer
+    x = torch.randn(1, 6, 32, dtype=torch.float64)
+    mask = torch.tensor([[True, False, True, True, False, True]]) if masked else None
+    expected = ref(x, mask)[0]
+    torch.testing.assert_close(mix(x, mask)[0], expected, **TIGHT)  # eval: no dropout
+    mix.train()
+    torch.manual_seed(0)
+    draws = torch.stack([mix(x, mask)[0] for _ in range(4000)])
+    assert not torch.allclose(draws[0], draws[1])
+    spread = draws.std(0).max().item()
+    assert spread > 1e-3
+    # the mean of 4000 draws is within a few standard errors of the expectation
+    assert (draws.mean(0) - expected).abs().max().item() < 6 * spread / math.sqrt(len(draws))
+    with pytest.raises(ValueError, match="attn_dropout"):
+        make("transformer", attn_dropout=1.0)
+
+
 def test_bidirectional_cannot_stream_and_aaren_cannot_be_bidirectional():
     model = make("transformer", causal=False)
     x = torch.randn(2, 5, 32, dtype=torch.float64)
@@ -281,6 +305,20 @@ def test_model_configs_build_and_pass_mixer_options(kind):
         assert mixer.scan_chunk == 8
     else:
         assert mixer.causal is False
+
+
+@pytest.mark.parametrize("task, protocol, expected", [
+    ("classify", "suite", 0.0), ("classify", "tslib", 0.1),
+    ("forecast", "suite", 0.0), ("forecast", "tslib", 0.1), ("forecast", "paper", 0.1)])
+def test_the_anchor_protocols_drop_attention_weights(task, protocol, expected):
+    """TSLib's FullAttention drops attention weights with the model's dropout: the tslib (and
+    paper) protocols give the transformer's mixer 0.1; Aaren has no weights to drop."""
+    with initialize_config_dir(version_base="1.3", config_dir=CONF):
+        cfg = compose("config", overrides=[f"task={task}", f"protocol={protocol}", "model=transformer"])
+        aaren = compose("config", overrides=[f"task={task}", f"protocol={protocol}", "model=aaren"])
+    assert build_backbone(cfg.model).blocks[0].mixer.attn_dropout == expected
+    assert "attn_dropout" not in aaren.model
+    build_backbone(aaren.model)
 
 
 def test_bad_inputs_have_clear_errors():

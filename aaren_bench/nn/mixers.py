@@ -173,11 +173,21 @@ class SelfAttention(_Projections):
     any cached history (the state is a :class:`KVCache`). ``causal=False``: every position
     attends to every valid token of the sequence (padding is still masked as keys); such a
     layer has no streaming form, so ``step``, ``init_state`` and ``state`` raise.
+
+    ``attn_dropout``: dropout on the attention weights in the parallel ``forward`` while
+    training (0 by default; TSLib's ``FullAttention`` uses the model's dropout, so its protocol
+    sets 0.1). ``step`` is for inference and never drops.
     """
 
-    def __init__(self, d_model: int, n_heads: int, causal: bool = True):
+    def __init__(self, d_model: int, n_heads: int, causal: bool = True, attn_dropout: float = 0.0):
         super().__init__(d_model, n_heads)
+        if not 0.0 <= attn_dropout < 1.0:
+            raise ValueError(f"attn_dropout must be in [0, 1); got {attn_dropout}")
         self.causal = causal
+        self.attn_dropout = float(attn_dropout)
+
+    def _p(self) -> float:
+        return self.attn_dropout if self.training else 0.0
 
     def _need_causal(self, what: str) -> None:
         if not self.causal:
@@ -199,7 +209,7 @@ class SelfAttention(_Projections):
             valid = torch.cat([valid0, valid], 1)  # (B, P + N)
         P = k.shape[2] - N  # tokens of history
         if P == 0 and (mask is None or bool(mask.all())):  # no history, no padding: the fused causal path
-            o = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self._p())
         else:
             # query i (absolute position P + i) sees keys j <= P + i that are valid
             causal = torch.ones(N, P + N, dtype=torch.bool, device=x.device).tril(P)  # (N, P + N)
@@ -207,7 +217,7 @@ class SelfAttention(_Projections):
             seen = allowed.any(-1)  # (B, N): some valid key at or before the query
             # rows with no valid key attend to themselves (no NaN), then are zeroed
             allowed[:, :, P:] |= torch.eye(N, dtype=torch.bool, device=x.device) & ~seen[:, :, None]
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])  # (B, H, N, Dh)
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None], dropout_p=self._p())  # (B, H, N, Dh)
             o = o * seen[:, None, :, None].to(o.dtype)
         y = self.out_proj(self.merge(o))
         if not output_state:
@@ -217,11 +227,11 @@ class SelfAttention(_Projections):
     def _bidirectional(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
         """(B, H, N, Dh) x3 -> (B, H, N, Dh): every query over every valid key."""
         if mask is None or bool(mask.all()):
-            return F.scaled_dot_product_attention(q, k, v)
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=self._p())
         valid = mask.bool()  # (B, N)
         seen = valid.any(-1)  # (B,): a sequence with no valid token outputs 0
         allowed = valid | ~seen[:, None]  # (B, N)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None, None, :])
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None, None, :], dropout_p=self._p())
         return o * seen[:, None, None, None].to(o.dtype)
 
     def init_state(self, batch: int, device=None, dtype=torch.float32) -> KVCache:
