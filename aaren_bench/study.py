@@ -53,7 +53,8 @@ PAPER_DATASETS: dict[str, tuple[str, ...]] = {
 NEUTRAL_KEYS = (
     "seed", "model", "dataset", "task", "protocol", "tag", "trainer", "skip_done", "checkpoint_every_min",
     "matmul_precision", "trainer.accelerator", "trainer.devices", "trainer.precision", "trainer.strategy",
-    "trainer.enable_progress_bar", "trainer.log_every_n_steps", "task.num_workers", "task.eval_threads",
+    "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.log_every_n_steps",
+    "trainer.deterministic", "task.num_workers", "task.eval_threads",
     "task.eval_batch",
 )
 # ... and everything below these.

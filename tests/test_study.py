@@ -58,7 +58,8 @@ def test_measuring_overrides_and_tags():
     neutral = ["seed=3", "model=aaren", "dataset=ETTh1", "task=forecast", "protocol=tslib", "logger=wandb",
                "trainer=gpu", "trainer.precision=bf16-mixed", "paths.runs=/x", "hydra/launcher=slurm",
                "hydra.launcher.partition=gpu", "+matrix=paper", "task.pred_len=96", "task.num_workers=4",
-               "skip_done=false"]
+               "skip_done=false", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+               "trainer.deterministic=true"]
     assert measuring_overrides(neutral) == []
     assert run_tag(None, neutral) is None
     measuring = ["dataset.file=/tmp/x.hdf5", "trainer.limit_train_batches=2", "model.d_model=64",
