@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 from aaren_bench.nn import build_backbone
 from aaren_bench.run import train
 from aaren_bench.study import CONF, compose_config, protocols
+from tests.events.test_events_model_stream import _model, _seqs  # the events model and data helpers
 
 NEW = ["linear_attn", "mamba2"]
 DEBUG = ["trainer=debug", "trainer.enable_progress_bar=false", "logger=none"]
@@ -100,7 +101,7 @@ def test_protocol_list_covers_every_task():
 
 
 # --------------------------------------------------------------------------------------
-# RL: the Decision model as an RNN (task.acting=stream) and the window
+# RL: the stream's state size (stream == window and causality run for every mixer in tests/rl/test_rl_model.py)
 # --------------------------------------------------------------------------------------
 
 S, A = 5, 2
@@ -119,33 +120,6 @@ def decision_model(kind: str, seed: int = 0):
     return m.eval()
 
 
-def run_agent(agent, obs, actions, rewards) -> np.ndarray:
-    """Feed a fixed observation sequence (n, T, S); return the agent's actions (n, T, A)."""
-    agent.reset(obs.shape[0])
-    out = []
-    for t in range(obs.shape[1]):
-        out.append(agent.act(obs[:, t]))
-        agent.update(actions[:, t], rewards[:, t])  # the env's actions, so both modes share history
-    return np.stack(out, 1)
-
-
-@pytest.mark.parametrize("kind", NEW)
-def test_rl_stream_equals_window_while_history_fits(kind, one_thread):
-    from tasks.rl.acting import Agent
-
-    K, T, n = 6, 10, 3
-    m = decision_model(kind)
-    rng = np.random.default_rng(0)
-    obs = rng.standard_normal((n, T, S)).astype(np.float32)
-    acts = rng.uniform(-1, 1, (n, T, A)).astype(np.float32)
-    rews = rng.standard_normal((n, T)).astype(np.float32)
-    win = run_agent(Agent(m, 50.0, 10.0, K, "window", max_ep_len=T), obs, acts, rews)
-    stream = run_agent(Agent(m, 50.0, 10.0, K, "stream", max_ep_len=T), obs, acts, rews)
-    np.testing.assert_allclose(stream[:, :K], win[:, :K], atol=1e-5)
-    # beyond K the window drops the oldest steps; the stream keeps them
-    assert not np.allclose(stream[:, K:], win[:, K:], atol=1e-4)
-
-
 @pytest.mark.parametrize("kind", NEW)
 def test_rl_stream_state_is_constant_size(kind, one_thread):
     from tasks.rl.acting import Agent
@@ -160,81 +134,17 @@ def test_rl_stream_state_is_constant_size(kind, one_thread):
     assert len(sizes) == 1
 
 
-@pytest.mark.parametrize("kind", NEW)
-def test_rl_action_prediction_is_causal(kind):
-    m = decision_model(kind)
-    g = torch.Generator().manual_seed(0)
-    st, ac, rtg = torch.randn(2, 6, S, generator=g), torch.randn(2, 6, A, generator=g), torch.randn(2, 6, generator=g)
-    ts = torch.arange(6).expand(2, -1)
-    base = m(st, ac, rtg, ts)
-    ac2, st2 = ac.clone(), st.clone()
-    ac2[:, 3:] += 5.0  # a_3 and later must not change predictions up to step 3
-    st2[:, 4:] -= 5.0
-    out = m(st2, ac2, rtg, ts)
-    torch.testing.assert_close(out[:, :4], base[:, :4])
-    assert not torch.allclose(out[:, 4:], base[:, 4:])
-
-
 # --------------------------------------------------------------------------------------
-# Events: the streaming predictor and the batch pass
+# Events: the stream's state size (stream == batch, padding, causality: tests/events/test_events_model_stream.py)
 # --------------------------------------------------------------------------------------
-
-
-def event_model(kind, num_marks=4, time_encoding="absolute", seed=0):
-    from tasks.events.model import EventModel
-
-    torch.manual_seed(seed)
-    bb = build_backbone(dict(mixer=kind, d_model=16, n_layers=2, n_heads=2, d_ff=32, dropout=0.1))
-    return EventModel(bb, num_marks=num_marks, time_scale=0.7, n_components=3, time_encoding=time_encoding).eval()
-
-
-def event_seqs(n=(7, 4, 9), num_marks=4, seed=0):
-    from tasks.events.data import EventSeqs
-
-    g = torch.Generator().manual_seed(seed)
-    times = [torch.cumsum(torch.rand(k, generator=g, dtype=torch.float64) + 0.05, 0).numpy() + 0.2 for k in n]
-    marks = [torch.randint(0, num_marks, (k,), generator=g).numpy() for k in n]
-    return EventSeqs.build(times, marks, t_start=0.0, t_end=100.0, num_marks=num_marks)
-
-
-@pytest.mark.parametrize("time_encoding", ["absolute", "absolute+log_dt"])
-@pytest.mark.parametrize("kind", NEW)
-def test_events_streaming_equals_batch(kind, time_encoding):
-    from tasks.events.data import collate
-    from tasks.events.stream import StreamingPredictor
-
-    model = event_model(kind, time_encoding=time_encoding)
-    seqs = event_seqs()
-    idx = [0, 2]  # sequence 0 is padded to the length of sequence 2 in the batch
-    mix, logits = model(collate(seqs, idx))
-    for b, s in enumerate(idx):
-        pred = StreamingPredictor(model, batch=1, t_start=0.0)
-        for i, (t, k) in enumerate(zip(seqs.times[s], seqs.marks[s])):
-            m, lg = pred.observe(t, int(k))
-            torch.testing.assert_close(m.mu[0], mix.mu[b, i], atol=1e-5, rtol=1e-5)
-            torch.testing.assert_close(m.sigma[0], mix.sigma[b, i], atol=1e-5, rtol=1e-5)
-            torch.testing.assert_close(m.log_w[0], mix.log_w[b, i], atol=1e-5, rtol=1e-5)
-            torch.testing.assert_close(lg[0], logits[b, i], atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize("kind", NEW)
-def test_events_padding_does_not_change_outputs(kind):
-    from tasks.events.data import collate
-
-    model = event_model(kind)
-    seqs = event_seqs()
-    alone = model(collate(seqs, [1]))
-    padded = model(collate(seqs, [1, 2]))  # sequence 1 padded from 4 to 9 events
-    torch.testing.assert_close(padded[0].mu[0, :4], alone[0].mu[0], atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(padded[1][0, :4], alone[1][0], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("kind", NEW)
 def test_events_stream_state_is_constant_size(kind):
     from tasks.events.stream import StreamingPredictor
 
-    seqs = event_seqs(n=(40,))
-    pred = StreamingPredictor(event_model(kind), batch=1)
+    seqs = _seqs(n=(40,))
+    pred = StreamingPredictor(_model(kind), batch=1)
     seen = set()
     for t, k in zip(seqs.times[0], seqs.marks[0]):
         pred.observe(t, int(k))
