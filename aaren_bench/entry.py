@@ -103,7 +103,7 @@ def config_message(e: Exception) -> str:
     if isinstance(e, ConfigCompositionException) and "Could not override" in text:
         key = text.split("'")[1] if "'" in text else "the key"
         return (f"{key} is not a setting of this configuration: check its spelling (add it with +{key}=... only "
-                f"if a new key is meant){'; ' + ' '.join(str(cause).split()[:12]) if cause else ''}")
+                f"if a new key is meant)")
     if isinstance(e, MissingConfigException):
         lines = [ln.strip() for ln in str(e).split("Config search path")[0].splitlines() if ln.strip()]
         head = lines[0].split(": ", 1)[-1]  # Could not find 'dataset/Nope'
