@@ -83,7 +83,7 @@ MIXERS = ("aaren", "transformer", "linear_attn", "mamba2")  # aaren_bench.nn.mix
 
 # --- task ---------------------------------------------------------------------------------
 
-OPTIMIZER = {"_target_": STR, "_partial_": BOOL, "lr": Num(0.0, lo_open=True), "weight_decay": Num(0.0),
+OPTIMIZER = {"_target_": STR, "_partial_": BOOL, "lr": Num(0.0), "weight_decay": Num(0.0),
              "eps": Num(0.0, lo_open=True), "betas": LIST, "momentum": Num(0.0)}
 BACKBONE = {"d_model": POSITIVE, "n_layers": POSITIVE, "n_heads": POSITIVE, "d_ff": POSITIVE, "dropout": FRACTION,
             "activation": Choice(*ACTIVATIONS), "norm_first": BOOL, "causal": BOOL, "attn_dropout": FRACTION}
