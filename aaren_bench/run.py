@@ -37,6 +37,7 @@ from aaren_bench.errors import (
 from aaren_bench.logging import finish_logger, make_logger
 from aaren_bench.results import (
     FAILED_FILE,
+    RESULT_FILE,
     SCHEMA_VERSION,
     is_done,
     load_record,
@@ -220,9 +221,13 @@ def _smoke(cfg: DictConfig, cell: Cell, overrides: list[str], run_dir: Path) -> 
 
 
 def _restart(run_dir: Path, cell: Cell) -> None:
-    """``restart=true``: move the cell's folder aside (kept as ``<cell>.old-<time>``) so the cell
-    trains from scratch; refused while another job runs it."""
-    if not run_dir.exists():
+    """``restart=true``: move a finished (or failed) cell's folder aside, kept as ``<cell>.old-<time>``,
+    so the cell trains from scratch; refused while another job runs it. A cell without a record
+    or a failure is left as it is, so a requeued ``restart=true`` job resumes its own training
+    instead of starting over again."""
+    ended = run_dir / RESULT_FILE, run_dir / FAILED_FILE
+    if not any(p.exists() for p in ended):
+        log.info("restart=true: %s has no record or failure to set aside; running it as usual", cell.key)
         return
     with cell_lock(run_dir) as held:
         if not held:

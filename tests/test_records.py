@@ -177,3 +177,17 @@ def test_debug_leaves_a_finished_cell_and_restart_trains_it_from_scratch(runs_di
     assert rec["global_steps"] == 2 and rec["metrics"]["test/acc"] >= 0, "trained from scratch, not resumed"
     assert load_record(run_dir / "result.json")["metrics"] == rec["metrics"]
     assert [r["_cell"].key for r in scan_records(runs_dir)[0]] == [rec["cell"]], "the folder aside is not read"
+
+
+def test_restart_sets_aside_only_an_ended_cell(tmp_path):
+    """A requeued restart=true job finds its own new training without a record and resumes it."""
+    from aaren_bench.run import _restart
+
+    cell_dir, cell = tmp_path / "seed0", Cell.parse(JV.format(model="aaren", seed=0))
+    (cell_dir / "checkpoints").mkdir(parents=True)
+    (cell_dir / "checkpoints" / "last.ckpt").write_bytes(b"training")
+    _restart(cell_dir, cell)
+    assert (cell_dir / "checkpoints" / "last.ckpt").exists() and not list(tmp_path.glob("seed0.old-*"))
+    (cell_dir / "failed.json").write_text('{"reason": "diverged"}')
+    _restart(cell_dir, cell)
+    assert not cell_dir.exists() and len(list(tmp_path.glob("seed0.old-*"))) == 1
