@@ -66,3 +66,23 @@ def test_hydra_flags_after_a_task_alone(tmp_path):
     out = train_py(["task=rl", "model=aaren", "--cfg", "job"], tmp_path / "runs")
     assert out.returncode == 0, out.stderr[-2000:]
     assert "name: hopper-medium" in out.stdout
+
+
+@pytest.mark.parametrize("errno_,words", [(30, "the file system is read-only"), (28, "no space left")])
+def test_a_runs_root_that_cannot_be_written_is_the_suites_message(errno_, words, monkeypatch, capsys):
+    """What Hydra or the run hits first on a read-only or full runs root (its log file, a
+    checkpoint): `error: cannot write <file>` and exit 74, not a traceback."""
+    from aaren_bench.entry import launch
+
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "0")  # launch sets it for Hydra; restored after the test
+    monkeypatch.delenv("AAREN_DEBUG", raising=False)
+    monkeypatch.setattr(sys, "argv", ["train.py"])
+
+    def hydra_main():
+        raise OSError(errno_, os.strerror(errno_), "/runs/classify/x/train.log")
+
+    with pytest.raises(SystemExit) as e:
+        launch(hydra_main, ["dataset=JapaneseVowels"])
+    assert e.value.code == 74
+    first = capsys.readouterr().err.splitlines()[0]
+    assert first.startswith(f"error: cannot write /runs/classify/x/train.log: {words}")
