@@ -12,7 +12,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from aaren_bench.ops import MLSTMState, mlstm_chunked, mlstm_init_state, mlstm_reference, mlstm_step
+from aaren_bench.ops import (
+    MLSTMState,
+    mlstm_chunked,
+    mlstm_init_state,
+    mlstm_reference,
+    mlstm_step,
+)
 
 TOL = {torch.float64: dict(atol=1e-10, rtol=1e-10), torch.float32: dict(atol=1e-5, rtol=1e-5)}
 

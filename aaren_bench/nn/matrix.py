@@ -29,8 +29,18 @@ from torch import Tensor, nn
 
 from aaren_bench.nn.family import _clean, _require_causal, attention_mixer_params
 from aaren_bench.nn.mixers import register_mixer
-from aaren_bench.ops.mlstm import MLSTMState, mlstm_chunked, mlstm_init_state, mlstm_step
-from aaren_bench.ops.ttt import TTTState, ttt_linear_chunked, ttt_linear_init_state, ttt_linear_step
+from aaren_bench.ops.mlstm import (
+    MLSTMState,
+    mlstm_chunked,
+    mlstm_init_state,
+    mlstm_step,
+)
+from aaren_bench.ops.ttt import (
+    TTTState,
+    ttt_linear_chunked,
+    ttt_linear_init_state,
+    ttt_linear_step,
+)
 
 __all__ = ["MLSTMDims", "MLSTMMixer", "MLSTMState", "TTTDims", "TTTLinearMixer", "TTTState", "mlstm_dims", "ttt_dims"]
 

@@ -50,7 +50,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["TTTState", "ln_fwd", "ln_l2_grad", "ttt_linear_chunked", "ttt_linear_init_state",
