@@ -37,7 +37,7 @@ from aaren_bench.study import DEFAULT_HORIZON, DEFAULT_PROTOCOL, HORIZONS, PAPER
 log = logging.getLogger("aaren_bench")
 
 REFERENCES = Path(__file__).with_name("references.yaml")
-LABELS = {"transformer": "Transformer", "aaren": "Aaren", "linear_attn": "LinearAttn", "mamba2": "Mamba2"}
+LABELS = {"transformer": "Transformer", "aaren": "Aaren", "linear_attn": "LinearAttn", "mamba2": "Mamba2", "mlstm": "mLSTM", "ttt": "TTT-Linear"}
 BASELINE = "transformer"
 MIN_SEEDS = 2  # a verdict needs at least this many seeds on both sides
 

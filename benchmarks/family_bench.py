@@ -1,6 +1,6 @@
-"""The four backbones of the attention-as-RNN family on three tasks, one seed: a check for the note.
+"""The six backbones of the attention-as-RNN family on three tasks, one seed: a check for the note.
 
-Aaren, the Transformer, linear attention and Mamba-2 (same block, same task settings; the
+Aaren, the Transformer, linear attention, Mamba-2, mLSTM and TTT-Linear (same block, same task settings; the
 mixers' sizes: docs/protocol/family.md) on
 
 - JapaneseVowels (classify): the task's own settings (early stopping on val/acc, patience 10);
@@ -32,7 +32,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-MODELS = ("aaren", "transformer", "linear_attn", "mamba2")
+MODELS = ("aaren", "transformer", "linear_attn", "mamba2", "mlstm", "ttt")
 DATASETS = ("JapaneseVowels", "ETTh1", "Sin")
 PROFILE = ["task.backbone.d_model=128", "task.backbone.d_ff=256"]  # benchmarks/forecast_bench.py PROFILE
 COLUMNS = {  # dataset -> (metric, better, shown as)

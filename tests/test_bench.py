@@ -14,7 +14,7 @@ import torch
 
 from aaren_bench.bench import measure, suite
 
-FAMILY = ("aaren", "transformer", "linear_attn", "mamba2")
+FAMILY = ("aaren", "transformer", "linear_attn", "mamba2", "mlstm", "ttt")
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def test_every_file_is_written(tiny_run):
 def test_kernel_rows_cover_every_variant(tiny_run):
     rows = read(tiny_run / "kernel.csv")
     got = {(r["variant"], r["pass"]) for r in rows}
-    for variant in ("cumsum", "fast", "hillis-steele", "oracle", "linear_attn", "ssd"):
+    for variant in ("cumsum", "fast", "hillis-steele", "oracle", "linear_attn", "ssd", "mlstm", "ttt"):
         assert (variant, "forward") in got and (variant, "forward+backward") in got
     assert all(float(r["median_s"]) > 0 for r in rows)
 
@@ -50,7 +50,7 @@ def test_kernel_rows_cover_every_variant(tiny_run):
 def test_streaming_state_sizes(tiny_run):
     rows = read(tiny_run / "streaming.csv")
     state = {k: [int(r["state_bytes"]) for r in rows if r["backbone"] == k] for k in FAMILY}
-    for k in ("aaren", "linear_attn", "mamba2"):  # constant-size recurrent states
+    for k in ("aaren", "linear_attn", "mamba2", "mlstm", "ttt"):  # constant-size recurrent states
         assert len(state[k]) == 2 and len(set(state[k])) == 1, k
     kv = state["transformer"]
     assert len(kv) == 2 and kv[-1] > kv[0] > max(state["aaren"][0], state["linear_attn"][0], state["mamba2"][0])

@@ -1,4 +1,4 @@
-"""The linear-attention and Mamba-2 mixers: the mixer contract, streaming, padding, sizes.
+"""The linear-attention, Mamba-2, mLSTM and TTT-Linear mixers: the mixer contract, streaming, padding, sizes.
 
 Streaming (``step``) equals the parallel ``forward`` token by token with holed masks; a forward
 in two pieces with the carried state equals one forward; padding leaves the state unchanged and
@@ -16,12 +16,15 @@ from aaren_bench.nn.family import (
     attention_mixer_params,
     mamba2_dims,
 )
+from aaren_bench.nn.matrix import MLSTMMixer, MLSTMState, TTTLinearMixer, TTTState, mlstm_dims, ttt_dims
 from aaren_bench.ops import LinearAttnState, gated_rms_norm, ssd_naive
 
 TOL = dict(atol=1e-10, rtol=1e-10)
 MIXERS = {
     "linear_attn": lambda d, h: LinearAttentionMixer(d, h, chunk=4),
     "mamba2": lambda d, h: Mamba2Mixer(d, h, d_state=8, headdim=8, chunk=4),
+    "mlstm": lambda d, h: MLSTMMixer(d, h, chunk=4),
+    "ttt": lambda d, h: TTTLinearMixer(d, h, mini_batch=4),
 }
 
 
@@ -52,6 +55,10 @@ def stream(model, x, mask=None, state=None):
 
 
 def tensors(state):
+    if isinstance(state, MLSTMState):
+        return [state.C, state.n, state.m]
+    if isinstance(state, TTTState):
+        return [state.W, state.b, state.GW, state.Gb, state.count]
     return [state.S, state.z] if isinstance(state, LinearAttnState) else [state.ssm, state.conv]
 
 
@@ -100,8 +107,10 @@ def test_padded_step_leaves_the_state_unchanged(kind):
     x, _ = inputs(B=2, layout="none")
     _, state = stream(model, x[:, :6])
     _, after = model.step(x[:, 6], state, torch.tensor([False, True]))
-    for a, b in zip(tensors(after), tensors(state)):
-        assert torch.equal(a[0], b[0]) and not torch.equal(a[1], b[1])
+    for i, (a, b) in enumerate(zip(tensors(after), tensors(state))):
+        assert torch.equal(a[0], b[0])
+        if not (kind == "ttt" and i < 2):  # TTT's W and b move only when a mini-batch completes
+            assert not torch.equal(a[1], b[1])
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -142,13 +151,19 @@ def test_state_size_is_constant_and_measured(kind):
     if kind == "mamba2":
         d = model.dims
         assert size0 == 2 * 8 * (d.nheads * d.headdim * d.d_state + d.conv_dim * (d.d_conv - 1))
+    elif kind == "mlstm":
+        s = model.dims.qk_head
+        assert size0 == 2 * 8 * 4 * (s * 8 + s + 1)
+    elif kind == "ttt":
+        P = model.head_dim
+        assert size0 == 2 * 8 * 4 * 2 * (P * P + P) + 2 * 8  # (W, b) and their sums; the count
     else:
         assert size0 == 2 * 8 * 4 * (8 * 8 + 8)
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_causal_false_is_refused(kind):
-    factory = {"linear_attn": LinearAttentionMixer, "mamba2": Mamba2Mixer}[kind]
+    factory = {"linear_attn": LinearAttentionMixer, "mamba2": Mamba2Mixer, "mlstm": MLSTMMixer, "ttt": TTTLinearMixer}[kind]
     with pytest.raises(ValueError, match="causal"):
         factory(32, 4, causal=False)
 
@@ -203,22 +218,76 @@ def test_parameter_counts_per_task(capsys):
     for task, d, h, d_ff in TASKS:
         block = 2 * d * d_ff + d_ff + d + 4 * d  # shared: feed-forward and two LayerNorms
         la = n_params(LinearAttentionMixer(d, h))
-        mamba = Mamba2Mixer(d, h)
-        m2 = n_params(mamba)
+        mamba, mlstm, ttt = Mamba2Mixer(d, h), MLSTMMixer(d, h), TTTLinearMixer(d, h)
+        m2, ml, tt = n_params(mamba), n_params(mlstm), n_params(ttt)
         attn = attention_mixer_params(d)
         assert la == attn  # the Transformer's four projections with bias
         assert m2 == mamba.dims.params == mamba2_dims(d).params
+        assert ml == mlstm.dims.params == mlstm_dims(d, h).params
+        assert tt == ttt.dims.params == ttt_dims(d, h).params
         assert abs(m2 - attn) / attn < 0.035  # matched within 3.5 %
-        counts = {"aaren": attn + d, "transformer": attn, "linear_attn": la, "mamba2": m2}
+        assert abs(ml - attn) / attn < 0.02 and abs(tt - attn) / attn < 0.02  # matched within 2 %
+        counts = {"aaren": attn + d, "transformer": attn, "linear_attn": la, "mamba2": m2, "mlstm": ml, "ttt": tt}
         dims = mamba.dims
         rows.append(
             f"{task:9s} d={d:3d} heads={h} | mixer: " + " ".join(f"{k}={v:,}" for k, v in counts.items())
             + f" | +block {block:,} | mamba2 d_inner={dims.d_inner} d_state={dims.d_state} headdim={dims.headdim}"
-            f" nheads={dims.nheads} ({(m2 - attn) / attn:+.2%})"
+            f" nheads={dims.nheads} ({(m2 - attn) / attn:+.2%}) | mlstm qk/head={mlstm.dims.qk_head}"
+            f" ({(ml - attn) / attn:+.2%}) | ttt head_dim={ttt.head_dim} ({(tt - attn) / attn:+.2%})"
         )
     with capsys.disabled():
         print("\nparameters per layer (mixer; the block adds the same feed-forward + norms to each):")
         print("\n".join(rows))
+
+
+def test_mlstm_layer_is_the_papers_cell():
+    """Without padding, the mixer equals the paper's cell written out plainly (no stabiliser, float64):
+    q, k / sqrt(d_qk), v, i = exp(w_i x + b_i), f = sigmoid(w_f x + b_f), C_t = f C + i k v^T,
+    n_t = f n + i k, h = C^T q / max(|n . q|, 1); per-head LayerNorm; o = sigmoid(W_o x + b_o); out_proj."""
+    model = make("mlstm")
+    with torch.no_grad():  # gates that depend on the token
+        model.igate.weight.normal_(0, 0.3)
+        model.fgate.weight.normal_(0, 0.3)
+    x, _ = inputs(layout="none")
+    B, N, _ = x.shape
+    q, k, v, i_pre, f_pre = model._project(x)
+    C = torch.zeros(B, model.n_heads, model.dims.qk_head, model.d_head, dtype=x.dtype)
+    n = torch.zeros(B, model.n_heads, model.dims.qk_head, dtype=x.dtype)
+    hs = []
+    for t in range(N):
+        i, f = torch.exp(i_pre[:, t]), torch.sigmoid(f_pre[:, t])  # (B, H)
+        C = f[..., None, None] * C + i[..., None, None] * k[:, t, :, :, None] * v[:, t, :, None, :]
+        n = f[..., None] * n + i[..., None] * k[:, t]
+        qn = (q[:, t] * n).sum(-1).abs().clamp(min=1.0)
+        hs.append(torch.einsum("bhk,bhkv->bhv", q[:, t], C) / qn[..., None])
+    h = F.layer_norm(torch.stack(hs, 1), (model.d_head,), eps=1e-5).flatten(-2) * model.norm_weight
+    expected = model.out_proj(torch.sigmoid(model.o_gate(x)) * h)
+    torch.testing.assert_close(model(x)[0], expected, atol=1e-6, rtol=1e-6)  # eps = 1e-6 in the cell
+
+
+def test_ttt_layer_is_the_papers_inner_loop():
+    """Without padding, the mixer equals TTT-Linear written out plainly: per mini-batch of b
+    tokens, gradients of 1/2 ||k + LN(W0 k + b0) - v||^2 taken at the mini-batch's start by
+    autograd, W_t = W0 - c_i sum_{s<=t} eta_s grad_s, output q + LN(W_t q + b_t), post-norm, o_proj."""
+    model = make("ttt")
+    x, _ = inputs(N=11, layout="none")
+    B, N, _ = x.shape
+    q, k, v, eta = model._project(x)  # (B, N, H, P), (B, N, H)
+    gamma, beta, c, mb = model.ln_weight, model.ln_bias, model._scale(), model.dims.mini_batch
+    ln = lambda z: F.layer_norm(z, (model.head_dim,), eps=1e-6) * gamma + beta  # noqa: E731
+    W, b = model.W0.detach().expand(B, *model.W0.shape), model.b0.detach().expand(B, *model.b0.shape)
+    outs = []
+    for start in range(0, N, mb):
+        W0, b0 = W.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
+        GW, Gb = torch.zeros_like(W), torch.zeros_like(b)
+        for i, t in enumerate(range(start, min(start + mb, N))):
+            loss = 0.5 * (k[:, t] + ln(torch.einsum("bhij,bhj->bhi", W0, k[:, t]) + b0) - v[:, t]).square().sum()
+            gW, gb = torch.autograd.grad(loss, (W0, b0), retain_graph=True)
+            GW, Gb = GW + eta[:, t, :, None, None] * gW, Gb + eta[:, t, :, None] * gb
+            W, b = W0 - c[i] * GW, b0 - c[i] * Gb
+            outs.append(q[:, t] + ln(torch.einsum("bhij,bhj->bhi", W, q[:, t]) + b))
+    expected = model.o_proj(model.post_norm(torch.stack(outs, 1).flatten(-2)))
+    torch.testing.assert_close(model(x)[0], expected, **TOL)
 
 
 def test_mamba2_sizes_can_be_set():

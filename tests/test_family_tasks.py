@@ -1,4 +1,4 @@
-"""Linear attention and Mamba-2 in all four tasks: every task and protocol runs them.
+"""Linear attention, Mamba-2, mLSTM and TTT-Linear in all four tasks: every task and protocol runs them.
 
 - a fast_dev_run smoke pass through ``aaren_bench.run.train`` (trainer=debug) on each task's
   default dataset: JapaneseVowels, ETTh1 (skipped without the data), Sin, and HalfCheetah
@@ -22,7 +22,7 @@ from aaren_bench.run import train
 from aaren_bench.study import CONF, compose_config, protocols
 from tests.events.test_events_model_stream import _model, _seqs  # the events model and data helpers
 
-NEW = ["linear_attn", "mamba2"]
+NEW = ["linear_attn", "mamba2", "mlstm", "ttt"]
 DEBUG = ["trainer=debug", "trainer.enable_progress_bar=false", "logger=none"]
 
 

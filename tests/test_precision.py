@@ -26,7 +26,7 @@ from aaren_bench.errors import ConfigError
 from aaren_bench.run import build, train
 from aaren_bench.study import compose_config
 
-BACKBONES = ("aaren", "transformer", "linear_attn", "mamba2")
+BACKBONES = ("aaren", "transformer", "linear_attn", "mamba2", "mlstm", "ttt")
 STEPS = 4
 U_BF16 = 2.0**-8
 FIRST_RTOL, LATER_RTOL = U_BF16, 2 * U_BF16

@@ -6,11 +6,14 @@
 - the O(N^2) masked-softmax oracle, where its N x N weights fit (``oracle_max_n``);
 - linear attention's chunked form (``linear_attn``: phi(q), phi(k), v of (B, H, N, D));
 - Mamba-2's chunked SSD (``ssd``: x of (B, nheads, N, headdim) with nheads * headdim = H D, one
-  group of B and C, d_state as Mamba-2 at that width: :func:`aaren_bench.nn.family.mamba2_dims`).
+  group of B and C, d_state as Mamba-2 at that width: :func:`aaren_bench.nn.family.mamba2_dims`);
+- mLSTM's chunked form (``mlstm``: q, k, v of (B, H, N, D), the two gates (B, H, N));
+- TTT-Linear's dual form (``ttt``: q, k, v of (B, H, N, D), mini-batches of 16, LN inner model).
 
 Every variant carries the same H D value channels per token, so the time per value is
 comparable; what each computes per token differs (Aaren: one score per head; linear attention:
-a D x D state per head; SSD: a headdim x d_state state per head).
+a D x D state per head; SSD: a headdim x d_state state per head; mLSTM: a D x D state and
+its normaliser per head; TTT-Linear: a D x D inner weight per head, one gradient step per 16).
 """
 from __future__ import annotations
 
@@ -21,15 +24,26 @@ import torch.nn.functional as F
 
 from aaren_bench.bench.measure import time_interleaved
 from aaren_bench.nn.family import mamba2_dims
-from aaren_bench.ops import linear_attn_chunked, scan, scan_hillis_steele, scan_oracle, ssd_chunked
+from aaren_bench.ops import (
+    linear_attn_chunked,
+    mlstm_chunked,
+    scan,
+    scan_hillis_steele,
+    scan_oracle,
+    ssd_chunked,
+    ttt_linear_chunked,
+    ttt_linear_init_state,
+)
 
 # the kernel variants of each mixer (cumsum, the floor, is always measured)
 VARIANTS = {
     "aaren": ("fast", "hillis-steele", "oracle"),
     "linear_attn": ("linear_attn",),
     "mamba2": ("ssd",),
+    "mlstm": ("mlstm",),
+    "ttt": ("ttt",),
 }
-QUICK = ("cumsum", "fast", "linear_attn", "ssd")  # timed every round; the slow references get fewer
+QUICK = ("cumsum", "fast", "linear_attn", "ssd", "mlstm", "ttt")  # timed every round; the slow references get fewer
 
 
 @dataclass
@@ -78,7 +92,31 @@ def _family_inputs(sizes: KernelSizes, N: int, g: torch.Generator, device: torch
         "A": -torch.linspace(1.0, 16.0, Hs).to(device),  # Mamba-2's A = -U[1, 16]
         "ssd_grad": rand(B, Hs, N, P),
         "dims": dims,
+        "gates": [rand(B, H, N), rand(B, H, N) + 3.0],  # mLSTM's i~, f~ (forget gates mostly open)
+        "eta": torch.sigmoid(rand(B, H, N)) / D,  # TTT's inner rate, as the layer makes it
     }
+
+
+def _matrix_variants(sizes: KernelSizes, fam: dict, wanted: set, device: torch.device) -> dict:
+    """mLSTM's chunked form and TTT-Linear's dual form on linear attention's q, k, v."""
+    out = {}
+    if "mlstm" in wanted:
+        mlstm = lambda q, k, v, i, f: mlstm_chunked(q, k, v, i, f, chunk=sizes.family_chunk)[0]  # noqa: E731
+        out[("mlstm", "forward")] = _fwd(mlstm, *fam["la"], *fam["gates"])
+        out[("mlstm", "forward+backward")] = _fwd_bwd(mlstm, fam["la_grad"], *fam["la"], *fam["gates"])
+    if "ttt" in wanted:
+        H, D = sizes.heads, sizes.dim
+        W0 = (torch.randn(H, D, D, generator=torch.Generator().manual_seed(0)) * 0.02).to(device)
+        ln = (torch.ones(H, D, device=device), torch.zeros(H, D, device=device))
+        scale = 1.0 / torch.arange(1, 17, dtype=torch.float32, device=device)
+
+        def ttt(q, k, v, eta):
+            state = ttt_linear_init_state(W0, torch.zeros(H, D, device=device), q.shape[0])
+            return ttt_linear_chunked(q, k, v, eta, scale, state, ln=ln)[0]
+
+        out[("ttt", "forward")] = _fwd(ttt, *fam["la"], fam["eta"])
+        out[("ttt", "forward+backward")] = _fwd_bwd(ttt, fam["la_grad"], *fam["la"], fam["eta"])
+    return out
 
 
 def run_kernel(sizes: KernelSizes, device: torch.device, log=print, mixers=tuple(VARIANTS)) -> list[dict]:
@@ -110,6 +148,7 @@ def run_kernel(sizes: KernelSizes, device: torch.device, log=print, mixers=tuple
         if "ssd" in wanted:
             variants[("ssd", "forward")] = _fwd(ssd, *fam["ssd"])
             variants[("ssd", "forward+backward")] = _fwd_bwd(ssd, fam["ssd_grad"], *fam["ssd"])
+        variants.update(_matrix_variants(sizes, fam, wanted, device))
         if "hillis-steele" in wanted and N <= sizes.hillis_steele_max_n:
             variants[("hillis-steele", "forward")] = _fwd(scan_hillis_steele, s, v)
         if "hillis-steele" in wanted and N <= sizes.hillis_steele_backward_max_n:
@@ -129,7 +168,7 @@ def run_kernel(sizes: KernelSizes, device: torch.device, log=print, mixers=tuple
         for key, r in res.items():
             variant, pass_ = key.split("|")
             shape = {"heads": dims.nheads, "dim": dims.headdim, "d_state": dims.d_state} if variant == "ssd" else \
-                {"heads": H, "dim": D, "d_state": D if variant == "linear_attn" else ""}
+                {"heads": H, "dim": D, "d_state": D if variant in ("linear_attn", "mlstm", "ttt") else ""}
             rows.append(
                 {"N": N, "batch": B, **shape, "variant": variant, "pass": pass_,
                  "median_s": r["median"], "min_s": r["min"], "runs": r["runs"]}
@@ -138,7 +177,7 @@ def run_kernel(sizes: KernelSizes, device: torch.device, log=print, mixers=tuple
         parts = [f"{name} fwd {by[f'{name}|forward'] * 1e3:.1f} ms ({by[f'{name}|forward'] / by['cumsum|forward']:.2f}x cumsum), "
                  f"f+b {by[f'{name}|forward+backward'] * 1e3:.1f} ms "
                  f"({by[f'{name}|forward+backward'] / by['cumsum|forward+backward']:.2f}x)"
-                 for name in ("fast", "linear_attn", "ssd") if f"{name}|forward" in by]
+                 for name in ("fast", "linear_attn", "ssd", "mlstm", "ttt") if f"{name}|forward" in by]
         if "hillis-steele|forward" in by and "fast|forward" in by:
             parts.append(f"Hillis-Steele fwd {by['hillis-steele|forward'] / by['fast|forward']:.1f}x slower than fast")
         log(f"kernel N={N}: " + "; ".join(parts))

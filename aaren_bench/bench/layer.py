@@ -2,7 +2,7 @@
 
 One block of each backbone (same norms, feed-forward, sizes; only the token mixer differs:
 Aaren's scan, the Transformer's ``scaled_dot_product_attention`` with ``is_causal=True``,
-linear attention's and Mamba-2's chunked forms) on a batch of random inputs; the loss is the
+linear attention's, Mamba-2's and mLSTM's chunked forms, TTT-Linear's dual form) on a batch of random inputs; the loss is the
 mean square of the output. Time: the backbones take turns, median and minimum over rounds. Memory, per step: the peak above what was in use before it
 (see :mod:`aaren_bench.bench.measure` for the method), and the bytes the autograd graph
 keeps for the backward pass (unique storages of the saved tensors), which needs no
@@ -17,7 +17,7 @@ import torch
 from aaren_bench.bench.measure import peak_memory, time_interleaved
 from aaren_bench.nn import Backbone, mixer_factory
 
-BACKBONES = ("aaren", "transformer", "linear_attn", "mamba2")
+BACKBONES = ("aaren", "transformer", "linear_attn", "mamba2", "mlstm", "ttt")
 # how a step's time grows with N, for skipping a length predicted to take too long
 GROWTH = {"transformer": 2.0}  # the others are linear in N
 
@@ -32,13 +32,13 @@ class LayerSizes:
     repeats: int = 3
     max_step_s: float = 60.0  # skip a length whose predicted step time exceeds this
     scan_chunk: int = 32
-    chunk: int = 64  # linear attention's and Mamba-2's block
+    chunk: int = 64  # linear attention's, Mamba-2's and mLSTM's block
 
 
 def build(kind: str, sizes: LayerSizes, device: torch.device) -> Backbone:
     torch.manual_seed(0)
     options = {"aaren": {"scan_chunk": sizes.scan_chunk}, "linear_attn": {"chunk": sizes.chunk},
-               "mamba2": {"chunk": sizes.chunk}}.get(kind, {})
+               "mamba2": {"chunk": sizes.chunk}, "mlstm": {"chunk": sizes.chunk}}.get(kind, {})
     mixer = mixer_factory(kind, n_heads=sizes.n_heads, **options)
     model = Backbone(mixer, d_model=sizes.d_model, n_layers=1, d_ff=sizes.d_ff, dropout=0.0)
     return model.to(device).train()

@@ -13,11 +13,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 from aaren_bench.bench.measure import publish  # noqa: E402
 
 COLORS = {"aaren": "tab:blue", "transformer": "tab:red", "linear_attn": "tab:purple", "mamba2": "tab:brown",
+          "mlstm": "tab:olive", "ttt": "tab:cyan",
           "fast": "tab:blue", "cumsum": "black", "hillis-steele": "tab:orange", "oracle": "tab:green",
           "ssd": "tab:brown"}
 LABELS = {"fast": "aaren (fast scan)", "hillis-steele": "aaren (Hillis-Steele)", "oracle": "aaren (O(N^2) oracle)",
-          "ssd": "mamba2 (SSD)", "linear_attn": "linear_attn"}
-KERNEL_ORDER = ("cumsum", "fast", "linear_attn", "ssd", "hillis-steele", "oracle")
+          "ssd": "mamba2 (SSD)", "linear_attn": "linear_attn",
+          "mlstm": "mlstm (chunked)", "ttt": "ttt (dual form)"}
+KERNEL_ORDER = ("cumsum", "fast", "linear_attn", "ssd", "mlstm", "ttt", "hillis-steele", "oracle")
 MIB = 2.0**20
 KIB = 2.0**10
 

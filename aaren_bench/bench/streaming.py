@@ -34,7 +34,7 @@ class StreamSizes:
     d_ff: int = 256
 
 
-BACKBONES = ("aaren", "transformer", "linear_attn", "mamba2")
+BACKBONES = ("aaren", "transformer", "linear_attn", "mamba2", "mlstm", "ttt")
 
 
 def build(kind: str, sizes: StreamSizes, device: torch.device) -> Backbone:

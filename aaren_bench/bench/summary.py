@@ -76,7 +76,8 @@ def _streaming(rows: list[dict], sizes) -> list[str]:
         r0 = last["step_ms_median"] / first["step_ms_median"]
         out.append(f"  [info] Aaren step, last window vs first window (minutes apart, load may differ): {r0:.2f}x "
                    f"({last['step_ms_median']:.3f} ms vs {first['step_ms_median']:.3f} ms)")
-    for k, name in (("aaren", "Aaren"), ("linear_attn", "Linear attention"), ("mamba2", "Mamba-2")):
+    for k, name in (("aaren", "Aaren"), ("linear_attn", "Linear attention"), ("mamba2", "Mamba-2"), ("mlstm", "mLSTM"),
+                    ("ttt", "TTT-Linear")):
         if k in by:
             sizes_k = {r["state_bytes"] for r in by[k]}
             out.append(f"  {_verdict(len(sizes_k) == 1, True)} {name} state size independent of N: {sorted(sizes_k)} bytes")

@@ -8,6 +8,7 @@ from aaren_bench.nn.backbone import (
 )
 from aaren_bench.nn.embed import sinusoidal
 from aaren_bench.nn.family import LinearAttentionMixer, Mamba2Mixer  # noqa: E402  (registers linear_attn, mamba2)
+from aaren_bench.nn.matrix import MLSTMMixer, TTTLinearMixer  # noqa: E402  (registers mlstm, ttt)
 from aaren_bench.nn.mixers import (
     MIXERS,
     AarenMixer,
@@ -25,8 +26,10 @@ __all__ = [
     "Block",
     "KVCache",
     "LinearAttentionMixer",
+    "MLSTMMixer",
     "Mamba2Mixer",
     "SelfAttention",
+    "TTTLinearMixer",
     "build_backbone",
     "mixer_factory",
     "register_mixer",

@@ -57,3 +57,36 @@ __all__ += [
     "ssd_reference",
     "ssd_step",
 ]
+
+# the matrix-state members: xLSTM's mLSTM and TTT-Linear
+from aaren_bench.ops.mlstm import (  # noqa: E402
+    MLSTMState,
+    mlstm_chunked,
+    mlstm_init_state,
+    mlstm_reference,
+    mlstm_step,
+)
+from aaren_bench.ops.ttt import (  # noqa: E402
+    TTTState,
+    ln_fwd,
+    ln_l2_grad,
+    ttt_linear_chunked,
+    ttt_linear_init_state,
+    ttt_linear_reference,
+    ttt_linear_step,
+)
+
+__all__ += [
+    "MLSTMState",
+    "TTTState",
+    "ln_fwd",
+    "ln_l2_grad",
+    "mlstm_chunked",
+    "mlstm_init_state",
+    "mlstm_reference",
+    "mlstm_step",
+    "ttt_linear_chunked",
+    "ttt_linear_init_state",
+    "ttt_linear_reference",
+    "ttt_linear_step",
+]

@@ -12,7 +12,7 @@ dropout, residual, LayerNorm, Linear-act-dropout-Linear feed-forward, dropout, r
 LayerNorm: the anchor's ``EncoderLayer`` with its kernel-1 convolutions written as Linear).
 With ``model=transformer`` under ``protocol=tslib`` the mixer is bidirectional
 (``model.causal=false``), as the anchor's encoder (``FullAttention(mask_flag=False)``); the
-causal-only mixers (aaren, linear_attn, mamba2) stay causal. The decoder's self-attention is a
+causal-only mixers (aaren, linear_attn, mamba2, mlstm, ttt) stay causal. The decoder's self-attention is a
 causal mixer of the same kind (``decoder_mixer``: the anchor's ``FullAttention(mask_flag=True)``
 for the transformer, the mixer itself for the others); its cross-attention is softmax attention
 for every backbone (:class:`CrossAttention`).

@@ -20,7 +20,7 @@ from tests.classify.test_data import write_ts
 
 TINY = ["model.d_model=16", "model.n_heads=2", "model.d_ff=16", "model.n_layers=1"]
 QUIET = ["trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "logger=none"]
-MODELS = ("aaren", "transformer", "linear_attn", "mamba2")
+MODELS = ("aaren", "transformer", "linear_attn", "mamba2", "mlstm", "ttt")
 
 
 # ---- the learning rate --------------------------------------------------------------------------

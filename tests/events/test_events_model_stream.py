@@ -9,7 +9,7 @@ from tasks.events.data import EventSeqs, collate
 from tasks.events.model import EventModel
 from tasks.events.stream import StreamingPredictor
 
-BACKBONES = ["aaren", "transformer", "linear_attn", "mamba2"]
+BACKBONES = ["aaren", "transformer", "linear_attn", "mamba2", "mlstm", "ttt"]
 
 
 def _model(kind, num_marks=4, time_encoding="absolute", seed=0):

@@ -17,7 +17,7 @@ from tasks.forecast import TASK, EncoderDecoder, ForecastDataModule, Forecaster,
 from tasks.forecast.embed import DataEmbedding
 from tasks.forecast.module import ForecastModule
 
-MODELS = ["aaren", "transformer", "linear_attn", "mamba2"]
+MODELS = ["aaren", "transformer", "linear_attn", "mamba2", "mlstm", "ttt"]
 SEQ, LABEL, PRED, C, F = 12, 4, 6, 3, 4
 
 

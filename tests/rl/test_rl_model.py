@@ -96,7 +96,7 @@ def test_interleave_order():
     assert interleave(r, s, a).flatten().tolist() == [0, 1, 2, 0, 11, 2]
 
 
-@pytest.mark.parametrize("kind", ["aaren", "transformer", "linear_attn", "mamba2"])
+@pytest.mark.parametrize("kind", ["aaren", "transformer", "linear_attn", "mamba2", "mlstm", "ttt"])
 def test_action_prediction_is_causal(kind):
     m = small_model(kind)
     g = torch.Generator().manual_seed(0)
@@ -133,7 +133,7 @@ def run_agent(agent: Agent, obs: np.ndarray, actions: np.ndarray, rewards: np.nd
     return np.stack(out, 1)
 
 
-@pytest.mark.parametrize("kind", ["aaren", "transformer", "linear_attn", "mamba2"])
+@pytest.mark.parametrize("kind", ["aaren", "transformer", "linear_attn", "mamba2", "mlstm", "ttt"])
 def test_stream_equals_window_while_history_fits(kind):
     """Within the first K steps both modes see the whole history: same actions."""
     K, T, n = 6, 10, 3
