@@ -79,7 +79,7 @@ STR_OR_NULL = Rule("str", null=True)
 POSITIVE = Int(1)
 FRACTION = Num(0.0, 1.0, hi_open=True)  # a dropout probability
 ACTIVATIONS = ("gelu", "relu")  # aaren_bench.nn.backbone._ACTIVATIONS
-MIXERS = ("aaren", "transformer", "linear_attn", "mamba2")  # aaren_bench.nn.mixers.MIXERS
+MIXERS = ("aaren", "transformer", "linear_attn", "mamba2", "mlstm", "ttt")  # aaren_bench.nn.mixers.MIXERS
 
 # --- task ---------------------------------------------------------------------------------
 
@@ -134,6 +134,8 @@ MODELS: dict[str, dict] = {
     "linear_attn": {"chunk": CHUNK, "use_kernel": BOOL},
     "mamba2": {"d_state": Int(1, null=True), "headdim": Int(1, null=True), "expand": Num(0.0, lo_open=True, null=True),
                "d_conv": POSITIVE, "ngroups": POSITIVE, "chunk": CHUNK, "use_kernel": BOOL},
+    "mlstm": {"qk_head": Int(1, null=True), "forget": Choice("sigmoid", "exp"), "chunk": CHUNK},
+    "ttt": {"head_dim": Int(1, null=True), "mini_batch": POSITIVE, "base_lr": Num(0.0, lo_open=True)},
 }
 
 # --- trainer (Lightning's arguments; extra ones, added with +trainer.x=..., go to Lightning as they are)
