@@ -44,7 +44,8 @@ class EventsTask(Task):
                            n_components=t.get("n_components", 8),
                            time_encoding=t.get("time_encoding", "absolute"),
                            time_encoding_at=t.get("time_encoding_at", "input"))
-        return EventModule(model, optimizer, loss=t.get("loss", "mean"), l2=float(t.get("l2", 0.0) or 0.0))
+        return EventModule(model, optimizer, loss=t.get("loss", "mean"), l2=float(t.get("l2", 0.0) or 0.0),
+                           score_end_mark=bool(t.get("score_end_mark", False)))
 
 
 TASK = EventsTask()
