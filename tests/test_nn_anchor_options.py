@@ -63,15 +63,16 @@ def test_xavier_attn_init_touches_only_the_attention_projections():
     assert torch.equal(m.blocks[0].ff[0].weight, ff_default)  # the feed-forward keeps PyTorch's init
 
 
-def test_head_dropout_drops_before_the_output_projection():
-    m = make(head_dropout=0.5, dropout=0.0, n_layers=1).train()
+@pytest.mark.parametrize("kind", ["transformer", "aaren"])
+def test_head_dropout_drops_before_the_output_projection(kind):
+    m = make(kind, head_dropout=0.5, dropout=0.0, n_layers=1).train()
     x = torch.randn(2, 6, 32)
     a, b = m(x)[0], m(x)[0]
     assert not torch.allclose(a, b)  # masks differ between two calls
     m.eval()
     assert torch.equal(m(x)[0], m(x)[0])
     with pytest.raises(ValueError, match="head_dropout"):
-        make(head_dropout=1.0)
+        make(kind, head_dropout=1.0)
 
 
 def test_bad_init_has_a_clear_error():
@@ -94,7 +95,7 @@ def test_each_protocol_sets_its_anchors_stack(task, protocol, expected):
         assert cfg.model[k] == v, (k, cfg.model[k])
     build_backbone(cfg.model)
     aaren = compose_config([f"task={task}", f"protocol={protocol}", "model=aaren", "logger=none"])
-    assert aaren.model.causal is True and "head_dropout" not in aaren.model
+    assert aaren.model.causal is True and aaren.model.head_dropout == expected.get("head_dropout", 0.0)
     build_backbone(aaren.model)
 
 

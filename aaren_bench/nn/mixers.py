@@ -16,7 +16,8 @@ tensors with ``.nbytes()``.
 At position k the output is attention over the *valid* tokens at or before k (a position
 with no valid token at or before it outputs 0); only the transformer with
 ``causal=False`` looks ahead. Both mixers have the same projections (query, key, value,
-output, with bias): their parameter counts differ only by Aaren's learned query token.
+output, with bias unless ``qkv_bias=False``, THP's): their parameter counts differ only by
+Aaren's learned query token.
 
 A new mixer joins the registry with one line, ``@register_mixer("name")`` above its class.
 """
@@ -98,13 +99,16 @@ class AarenMixer(_Projections):
     """
 
     def __init__(self, d_model: int, n_heads: int, scan_chunk: int = 32, causal: bool = True,
-                 qkv_bias: bool = True):
+                 qkv_bias: bool = True, head_dropout: float = 0.0):
         if not causal:
             raise ValueError("the aaren mixer is causal by construction (a prefix scan): "
                              "model.causal=false is only for model=transformer")
         super().__init__(d_model, n_heads, qkv_bias)
         self.query = nn.Parameter(torch.randn(d_model) / math.sqrt(d_model))
         self.scan_chunk = scan_chunk
+        if not 0.0 <= head_dropout < 1.0:
+            raise ValueError(f"head_dropout must be in [0, 1); got {head_dropout}")
+        self.head_drop = nn.Dropout(head_dropout)  # on the attention output before out_proj (min-DT's att_drop)
 
     def _q(self) -> Tensor:
         return self.q_proj(self.query).view(self.n_heads, self.d_head)  # (H, Dh)
@@ -115,7 +119,7 @@ class AarenMixer(_Projections):
         s = torch.einsum("bhnd,hd->bhn", k, self._q().to(k.dtype)) / math.sqrt(self.d_head)  # (B, H, N)
         out = scan(s, v, mask, chunk=self.scan_chunk, return_state=output_state, initial_state=state)
         o, state = out if output_state else (out, None)  # (B, H, N, Dh)
-        return self.out_proj(self.merge(o)), state
+        return self.out_proj(self.head_drop(self.merge(o))), state
 
     def init_state(self, batch: int, device=None, dtype=torch.float32) -> ScanState:
         return init_state(batch, self.n_heads, self.d_head, device=device, dtype=dtype)
@@ -126,7 +130,7 @@ class AarenMixer(_Projections):
         v = self.v_proj(x_t).view(B, self.n_heads, self.d_head)
         s = (k * self._q().to(k.dtype)).sum(-1) / math.sqrt(self.d_head)  # (B, H)
         o, state = scan_step(s, v, state, mask_t)  # (B, H, Dh)
-        return self.out_proj(o.reshape(B, self.d_model)), state
+        return self.out_proj(self.head_drop(o.reshape(B, self.d_model))), state
 
 
 @dataclass
