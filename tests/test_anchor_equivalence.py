@@ -1,0 +1,201 @@
+"""Every anchor's model, proven equal to ours under its protocol, against fixtures that the
+anchor's own code wrote at its commit (``benchmarks/anchor_fixtures.py``; tests/data/anchors/).
+
+No anchor code runs here: each test loads the anchor's weights into the model our config
+builds under that protocol and checks the same outputs and loss to float tolerance, and the
+same parameter count. ``pytest -k equivalence`` selects them; each prints its largest
+difference. Weight names are mapped explicitly: a parameter left unmapped fails the load.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from aaren_bench.nn import build_backbone
+from aaren_bench.study import compose_config
+from benchmarks.forecast_bench import _anchor_to_ours
+
+FIXTURES = Path(__file__).parent / "data" / "anchors"
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def fixture(name: str) -> dict:
+    path = FIXTURES / f"{name}.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: write it with benchmarks/anchor_fixtures.py (see its docstring)")
+    return torch.load(path, weights_only=False)
+
+
+def report(name: str, **diffs: float) -> float:
+    worst = max(diffs.values())
+    print(f"\n[equivalence] {name}: " + ", ".join(f"max |anchor - ours| {k} = {v:.2e}" for k, v in diffs.items()))
+    return worst
+
+
+def maxdiff(a, b) -> float:
+    return float((a.double() - b.double()).abs().max())
+
+
+def n_params(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def no_dropout(m: nn.Module) -> nn.Module:
+    for mod in m.modules():
+        if isinstance(mod, nn.Dropout):
+            mod.p = 0.0
+        if hasattr(mod, "attn_dropout"):
+            mod.attn_dropout = 0.0
+    return m
+
+
+# ------------------------------------------------------------------------------------ TSLib forecasting
+def _forecast_net(sizes: dict, pred_len: int, seed: int = 0):
+    from aaren_bench.run import build
+
+    cfg = compose_config(["dataset=ETTh1", "model=transformer", "protocol=tslib", f"task.pred_len={pred_len}",
+                          f"task.backbone.d_model={sizes['d_model']}", f"task.backbone.d_ff={sizes['d_ff']}",
+                          f"task.backbone.n_heads={sizes.get('n_heads', 8)}", "logger=none"])
+    torch.manual_seed(seed)
+    return build(cfg).module.net
+
+
+def test_equivalence_tslib_forecast_transformer():
+    fx = fixture("tslib_forecast")
+    net = _forecast_net(fx["sizes"], fx["sizes"]["pred_len"]).eval()
+    net.load_state_dict(_anchor_to_ours(fx["weights"]), strict=True)
+    H = fx["sizes"]["pred_len"]
+    with torch.no_grad():
+        out = net(fx["x"], fx["x_mark"], fx["y_mark"])
+    loss = F.mse_loss(out, fx["y"][:, -H:])
+    worst = report("TSLib forecasting Transformer", outputs=maxdiff(out, fx["out"]),
+                   loss=abs(float(loss) - float(fx["loss"])))
+    assert worst < 1e-5
+    assert n_params(net) == fx["n_params"]
+
+
+def test_equivalence_tslib_forecast_one_training_step():
+    """One step of the anchor's training loop (dropout off, MSE, Adam lr 1e-4) from the same
+    weights and batch: the same loss, gradients and updated weights."""
+    fx = fixture("tslib_forecast")
+    st, H = fx["step"], fx["sizes"]["pred_len"]
+    net = no_dropout(_forecast_net(fx["sizes"], H).train())
+    net.load_state_dict(_anchor_to_ours(fx["weights"]), strict=True)
+    opt = torch.optim.Adam(net.parameters(), lr=st["lr"])
+    loss = F.mse_loss(net(fx["x"], fx["x_mark"], fx["y_mark"]), fx["y"][:, -H:])
+    opt.zero_grad()
+    loss.backward()
+    grads = _anchor_to_ours(st["grads"])
+    g = max(maxdiff(p.grad, grads[k]) for k, p in net.named_parameters())
+    opt.step()
+    after = _anchor_to_ours(st["after"])
+    w = max(maxdiff(p, after[k]) for k, p in net.named_parameters())
+    worst = report("TSLib forecasting, one training step", loss=abs(float(loss) - float(st["loss"])), gradients=g,
+                   updated_weights=w)
+    assert worst < 1e-5
+
+
+def test_equivalence_tslib_forecast_initial_weight_statistics():
+    """Fresh weights at the CPU profile (d_model 128, d_ff 256, horizon 192): per tensor, the
+    anchor's (its run.py seed) and ours have the same size and, within sampling noise, the same
+    mean and spread; so the two codes start from the same distribution."""
+    fx = fixture("tslib_forecast")
+    names = _anchor_to_ours({k: torch.zeros(1) for k in fx["init_stats"]})
+    ours = dict(_forecast_net({"d_model": 128, "d_ff": 256}, 192, seed=2021).named_parameters())
+    assert set(ours) == set(names)
+    worst = 0.0
+    for k, (numel, mean, std) in fx["init_stats"].items():
+        p = ours[next(iter(_anchor_to_ours({k: torch.zeros(1)})))]
+        assert p.numel() == numel, k
+        tol = 0.1 + 4 / numel**0.5  # sampling noise of a std over numel draws
+        if std == 0:
+            assert float(p.std()) == 0 and float(p.mean()) == pytest.approx(mean), k
+            continue
+        ratio = float(p.std()) / std
+        worst = max(worst, abs(ratio - 1))
+        assert abs(ratio - 1) < tol, (k, numel, std, float(p.std()))
+        assert abs(float(p.mean()) - mean) < 4 * std / numel**0.5 + 1e-6, k
+    print(f"\n[equivalence] TSLib initial weights: {len(names)} tensors, largest |std ratio - 1| = {worst:.3f}")
+
+
+def test_equivalence_tslib_forecast_windows(shared_data):
+    """The anchor loader's windows (inputs, targets and both time-feature blocks, after its
+    scaler) on the real ETTh1 file equal ours under tslib, and each part has as many windows."""
+    from aaren_bench.run import build
+
+    fx = fixture("tslib_forecast")["windows"]
+    cfg = compose_config(["dataset=ETTh1", "model=transformer", "protocol=tslib", "task.pred_len=192",
+                          f"paths.data_root={shared_data}", "logger=none"])
+    dm = build(cfg).datamodule
+    dm.setup("fit")
+    worst = {}
+    for part, w in fx.items():
+        ds = dm.datasets[part]
+        assert len(ds) == w["len"], part
+        items = [ds[i] for i in w["index"]]
+        x, x_mark, y, y_mark = (torch.stack([it[j] for it in items]) for j in range(4))
+        worst[part] = max(maxdiff(x, w["x"]), maxdiff(y, w["y"][:, -192:]), maxdiff(x_mark, w["x_mark"]),
+                          maxdiff(y_mark, w["y_mark"]))
+    assert report("TSLib ETTh1 windows", **worst) < 1e-5
+
+
+# ------------------------------------------------------------------------------------ TSLib classification
+UNUSED_CLASSIFY = ("enc_embedding.temporal_embedding.embed.weight",)  # built, never called: x_mark is None
+
+
+def _classify_map(sd: dict) -> dict:
+    """The anchor's classification Transformer under our Classifier's names. Its DataEmbedding
+    builds a time-feature Linear that classification never calls (``UNUSED_CLASSIFY``)."""
+    proj = {"query_projection": "q_proj", "key_projection": "k_proj", "value_projection": "v_proj",
+            "out_projection": "out_proj"}
+    out = {}
+    for k, v in sd.items():
+        p = k.split(".")
+        if k in UNUSED_CLASSIFY:
+            continue
+        if k == "enc_embedding.value_embedding.tokenConv.weight":
+            out["value_embed.weight"] = v
+        elif p[:2] == ["encoder", "attn_layers"]:
+            i, part = p[2], p[3]
+            if part == "attention":
+                out[f"backbone.blocks.{i}.mixer.{proj[p[4]]}.{p[5]}"] = v
+            elif part in ("conv1", "conv2"):
+                out[f"backbone.blocks.{i}.ff.{0 if part == 'conv1' else 3}.{p[4]}"] = v.squeeze(-1) if p[4] == "weight" else v
+            else:
+                out[f"backbone.blocks.{i}.{part}.{p[4]}"] = v
+        elif p[:2] == ["encoder", "norm"]:
+            out[f"final_norm.{p[2]}"] = v
+        elif p[0] == "projection":
+            out[f"head.{p[1]}"] = v
+        else:
+            raise KeyError(f"unmapped anchor parameter {k}")
+    return out
+
+
+def test_equivalence_tslib_classify_transformer():
+    from tasks.classify.module import Classifier
+
+    fx = fixture("tslib_classify")
+    c = fx["sizes"]
+    cfg = compose_config(["task=classify", "protocol=tslib", "model=transformer", f"task.backbone.d_model={c['d_model']}",
+                          f"task.backbone.d_ff={c['d_ff']}", f"task.backbone.n_heads={c['n_heads']}",
+                          f"task.backbone.n_layers={c['e_layers']}", "logger=none"])
+    t = cfg.task
+    module = Classifier(build_backbone(cfg.model), None, c["n_channels"], c["n_classes"], c["seq_len"],
+                        readout=t.readout, embed=t.embed, mask_padding=t.mask_padding, final_norm=t.final_norm).eval()
+    module.load_state_dict(_classify_map(fx["weights"]), strict=True)
+    assert not module.backbone.blocks[0].mixer.causal  # the library's encoder sees the whole series
+    with torch.no_grad():
+        logits = module(fx["x"], fx["padding_mask"].bool())
+    loss = F.cross_entropy(logits, fx["labels"])
+    worst = report("TSLib classification Transformer", logits=maxdiff(logits, fx["logits"]),
+                   loss=abs(float(loss) - float(fx["loss"])))
+    assert worst < 1e-5
+    unused = sum(fx["weights"][k].numel() for k in UNUSED_CLASSIFY)
+    print(f"[equivalence] parameters: anchor {fx['n_params']} ({unused} never used), ours {n_params(module)}")
+    assert n_params(module) == fx["n_params"] - unused
