@@ -199,3 +199,119 @@ def test_equivalence_tslib_classify_transformer():
     unused = sum(fx["weights"][k].numel() for k in UNUSED_CLASSIFY)
     print(f"[equivalence] parameters: anchor {fx['n_params']} ({unused} never used), ours {n_params(module)}")
     assert n_params(module) == fx["n_params"] - unused
+
+
+# ------------------------------------------------------------------------------------ the DT codes
+def _decision_model(protocol: str, sizes: dict):
+    from tasks.rl.model import DecisionModel
+
+    cfg = compose_config(["task=rl", f"protocol={protocol}", "model=transformer", f"task.backbone.d_model={sizes['h_dim']}",
+                          f"task.backbone.n_layers={sizes['n_blocks']}", "task.backbone.n_heads=1",
+                          f"task.backbone.d_ff={4 * sizes['h_dim']}", "logger=none"])
+    torch.manual_seed(0)
+    return DecisionModel(build_backbone(cfg.model), sizes["state_dim"], sizes["act_dim"], sizes["max_timestep"],
+                         embed_dropout=cfg.task.embed_dropout)
+
+
+def _load(model: nn.Module, mapped: dict) -> None:
+    """Load every parameter (strict on parameters; our dataset-statistics buffers stay as built)."""
+    missing, unexpected = model.load_state_dict(mapped, strict=False)
+    assert not unexpected and set(missing) <= {"state_mean", "state_std", "state_keep"}, (missing, unexpected)
+
+
+def _check_dt(name: str, model: nn.Module, fx: dict, mapped: dict) -> None:
+    """Eval and train mode (the same seed: both codes draw their dropout masks in the same order
+    and shapes), on the valid steps of a padded batch: action predictions and the MSE."""
+    b = fx["batch"]
+    valid = b["mask"].bool()
+    diffs = {}
+    for mode in ("eval", "train"):
+        model.train(mode == "train")
+        torch.manual_seed(7)
+        pred = model(b["states"], b["actions"], b["rtg"][..., 0], b["timesteps"], valid)
+        want = fx["out"][mode]
+        loss = F.mse_loss(pred[valid], b["actions"][valid])
+        diffs[f"{mode}_actions"] = maxdiff(pred[valid], want["actions"][valid])
+        diffs[f"{mode}_loss"] = abs(float(loss) - float(want["loss"]))
+    assert report(name, **diffs) < 1e-5
+    unused = sum(v.numel() for k, v in fx["weights"].items() if k not in mapped["_from"])
+    print(f"[equivalence] parameters: anchor {fx['n_params']} ({unused} never used for actions), ours {n_params(model)}")
+    assert n_params(model) == fx["n_params"] - unused
+
+
+def _mindt_map(sd: dict) -> dict:
+    names = {"attention.q_net": "mixer.q_proj", "attention.k_net": "mixer.k_proj", "attention.v_net": "mixer.v_proj",
+             "attention.proj_net": "mixer.out_proj", "mlp.0": "ff.0", "mlp.2": "ff.2", "ln1": "norm1", "ln2": "norm2"}
+    out, used = {}, set()
+    for k, v in sd.items():
+        p = k.split(".")
+        if p[0] == "transformer":
+            new = f"backbone.blocks.{p[1]}.{names['.'.join(p[2:-1])]}.{p[-1]}"
+        elif p[0] in ("embed_rtg", "embed_state", "embed_action", "embed_ln"):
+            new = k
+        elif p[0] == "embed_timestep":
+            new = f"embed_time.{p[1]}"
+        elif p[0] == "predict_action":
+            new = f"head.0.{p[2]}"
+        elif p[0] in ("predict_state", "predict_rtg"):  # trained by nothing in min-DT's loss
+            continue
+        else:
+            raise KeyError(f"unmapped anchor parameter {k}")
+        out[new] = v
+        used.add(k)
+    return {**out, "_from": used}
+
+
+def test_equivalence_mindt():
+    fx = fixture("mindt")
+    model = _decision_model("mindt", fx["sizes"])
+    mapped = _mindt_map(fx["weights"])
+    _load(model, {k: v for k, v in mapped.items() if k != "_from"})
+    _check_dt("min-DT", model, fx, mapped)
+
+
+def _kzl_map(sd: dict) -> dict:
+    """GPT-2's Conv1D stores (in, out): transposed into Linear; c_attn splits into Q, K, V."""
+    out, used = {}, set()
+    for k, v in sd.items():
+        p = k.split(".")
+        if p[:2] == ["transformer", "h"]:
+            blk, part, leaf = f"backbone.blocks.{p[2]}", ".".join(p[3:-1]), p[-1]
+            t = v.t() if leaf == "weight" and v.dim() == 2 else v
+            if part == "attn.c_attn":
+                for name, chunk in zip(("q_proj", "k_proj", "v_proj"), t.chunk(3, dim=0)):
+                    out[f"{blk}.mixer.{name}.{leaf}"] = chunk
+            else:
+                new = {"ln_1": "norm1", "ln_2": "norm2", "attn.c_proj": "mixer.out_proj", "mlp.c_fc": "ff.0",
+                       "mlp.c_proj": "ff.2"}[part]
+                out[f"{blk}.{new}.{leaf}"] = t
+        elif p[:2] == ["transformer", "ln_f"]:
+            out[f"backbone.final_norm.{p[2]}"] = v
+        elif p[0] in ("embed_state", "embed_action", "embed_ln"):
+            out[k] = v
+        elif p[0] == "embed_return":
+            out[f"embed_rtg.{p[1]}"] = v
+        elif p[0] == "embed_timestep":
+            out[f"embed_time.{p[1]}"] = v
+        elif p[0] == "predict_action":
+            out[f"head.0.{p[2]}"] = v
+        elif k == "transformer.wte.weight" or p[0] in ("predict_state", "predict_return"):
+            continue  # token table of a vocabulary of 1 (inputs_embeds are given); heads no loss trains
+        else:
+            raise KeyError(f"unmapped anchor parameter {k}")
+        used.add(k)
+    return {**out, "_from": used}
+
+
+def test_equivalence_kzl_dt():
+    fx = fixture("dt")
+    model = _decision_model("dt", fx["sizes"])
+    # GPT-2's initialisation inside the stack: the anchor's fresh weights and ours have the same spread
+    for k, v in fx["weights"].items():
+        if k.startswith("transformer.h.0.") and k.endswith("weight") and v.dim() == 2:
+            assert float(v.std()) == pytest.approx(0.02, rel=0.25), k
+    ours = [m.weight for m in model.backbone.modules() if isinstance(m, nn.Linear)]
+    assert all(float(w.std()) == pytest.approx(0.02, rel=0.25) for w in ours)
+    mapped = _kzl_map(fx["weights"])
+    _load(model, {k: v for k, v in mapped.items() if k != "_from"})
+    _check_dt("kzl DT", model, fx, mapped)
