@@ -315,3 +315,87 @@ def test_equivalence_kzl_dt():
     mapped = _kzl_map(fx["weights"])
     _load(model, {k: v for k, v in mapped.items() if k != "_from"})
     _check_dt("kzl DT", model, fx, mapped)
+
+
+# ------------------------------------------------------------------------------------ Meta TPP's THP+
+def _tpp_map(sd: dict, log_scale: float, K: int = 8) -> dict:
+    """THP+'s weights under our EventModel's names. Its mark table has a padding row 0 (marks are
+    1-based); our mu is shifted by log s inside the model, so the decoder's mu bias is moved by -log s."""
+    names = {"slf_attn.w_qs": "mixer.q_proj", "slf_attn.w_ks": "mixer.k_proj", "slf_attn.w_vs": "mixer.v_proj",
+             "slf_attn.fc": "mixer.out_proj", "slf_attn.layer_norm": "norm1", "pos_ffn.w_1": "ff.0",
+             "pos_ffn.w_2": "ff.3", "pos_ffn.layer_norm": "norm2"}
+    out = {}
+    for k, v in sd.items():
+        p = k.split(".")
+        if k == "encoder.event_emb.weight":
+            out["mark_emb.weight"] = v[1:]
+        elif p[:2] == ["encoder", "layer_stack"]:
+            out[f"backbone.blocks.{p[2]}.{names['.'.join(p[3:-1])]}.{p[-1]}"] = v
+        elif p[:3] == ["prob_dist", "decoder", "net"]:
+            if k == "prob_dist.decoder.net.2.bias":
+                v = v.clone()
+                v[K : 2 * K] -= log_scale
+            out[f"decoder.{p[3]}.{p[4]}"] = v
+        elif p[0] == "mark_linear":
+            out[f"mark_head.{p[1]}"] = v
+        elif p[0] not in ("linear", "time_predictor"):  # its class and time decoders, which THP+ never calls
+            raise KeyError(f"unmapped anchor parameter {k}")
+    return out
+
+
+def _tpp_batch(fx: dict, tmp_path) -> dict:
+    """The anchor's batch (its .npz layout: gaps, the window-end gap, 1-based marks) through our reader."""
+    import numpy as np
+
+    from tasks.events.data import collate
+    from tasks.events.formats import load_meta_tpp_npz
+
+    b = fx["batch"]
+    path = tmp_path / "batch.npz"
+    np.savez(path, times=b["times"][..., 0].double().numpy(), marks=b["marks"][..., 0].numpy(),
+             masks=b["masks"][..., 0].numpy())
+    seqs = load_meta_tpp_npz(path, num_marks=fx["sizes"]["n_marks"], time_format="inter")
+    return collate(seqs, list(range(len(b["times"]))))
+
+
+def test_equivalence_metatpp_thp_plus(tmp_path):
+    """THP+ under protocol=metatpp: per-window event and survival log-likelihoods (with the
+    window-end mark term), time and mark predictions, and Meta TPP's NLL, RMSE and accuracy."""
+    from tasks.events.likelihood import (Mixture, end_mark_ll, lognormal_mixture_log_prob,
+                                         lognormal_mixture_log_survival_metatpp, lognormal_mixture_mean,
+                                         metric_sums, sequence_scores, split_metrics)
+    from tasks.events.model import EventModel
+
+    fx = fixture("metatpp")
+    z = fx["sizes"]
+    cfg = compose_config(["task=events", "protocol=metatpp", "model=transformer", f"task.backbone.d_model={z['d_model']}",
+                          f"task.backbone.n_layers={z['n_layers']}", "task.backbone.n_heads=1",
+                          f"task.backbone.d_ff={z['d_model']}", "logger=none"])
+    t, s = cfg.task, 0.7
+    model = EventModel(build_backbone(cfg.model), num_marks=z["n_marks"], time_scale=s, time_encoding=t.time_encoding,
+                       time_encoding_at=t.time_encoding_at, scale_floor=t.scale_floor).eval()
+    model.load_state_dict(_tpp_map(fx["weights"], float(torch.tensor(s).log())), strict=False)
+    assert {k for k in model.state_dict() if k not in _tpp_map(fx["weights"], 0.0)} == {"log_scale"}
+    batch = _tpp_batch(fx, tmp_path)
+    with torch.no_grad():
+        mix, logits = model(batch)
+    mask, ar = batch["mask"], torch.arange(len(batch["mask"]))
+    last = mask.sum(-1) - 1
+    sc = sequence_scores(mix, logits, batch)
+    head = Mixture(*(p[:, :-1] for p in mix))
+    lp = lognormal_mixture_log_prob(torch.where(mask[:, 1:], batch["dts"][:, 1:], 1.0) + 1e-12, head)
+    event_ll = torch.where(mask[:, 1:], lp, 0.0).sum(-1) + sc.mark_ll + end_mark_ll(logits, batch)
+    surv_ll = lognormal_mixture_log_survival_metatpp(batch["last_gap"], Mixture(*(p[ar, last] for p in mix)))
+    n = mask.shape[1]  # its positions 0..n-1 are our events (position n_s is its window-end entry)
+    valid = mask
+    preds = lognormal_mixture_mean(mix) - 1e-12
+    got = split_metrics(metric_sums(mix, logits, batch), marked=True)
+    worst = report("Meta TPP THP+", event_ll=maxdiff(event_ll, fx["event_ll"]), surv_ll=maxdiff(surv_ll, fx["surv_ll"]),
+                   time_preds=maxdiff(preds[valid], fx["time_preds"][:, :n, 0][valid]),
+                   nll=abs(got["nll_metatpp"] - float(fx["nll"])), rmse=abs(got["rmse_metatpp"] - float(fx["rmse"])))
+    assert worst < 1e-5
+    assert torch.equal(logits.argmax(-1)[valid], fx["cls_preds"][:, :n][valid])
+    assert got["acc_metatpp"] == pytest.approx(float(fx["acc"]), abs=1e-7)
+    print(f"[equivalence] parameters: anchor {fx['n_params']}, {fx['n_params_used']} used by THP+ "
+          f"(its mark table's padding row of {z['d_model']} among them), ours {n_params(model)}")
+    assert n_params(model) == fx["n_params_used"] - z["d_model"]
