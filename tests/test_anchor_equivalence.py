@@ -76,6 +76,7 @@ def test_equivalence_tslib_forecast_transformer():
     worst = report("TSLib forecasting Transformer", outputs=maxdiff(out, fx["out"]),
                    loss=abs(float(loss) - float(fx["loss"])))
     assert worst < 1e-5
+    print(f"[equivalence] parameters: anchor {fx['n_params']}, ours {n_params(net)}")
     assert n_params(net) == fx["n_params"]
 
 
@@ -387,7 +388,7 @@ def test_equivalence_metatpp_thp_plus(tmp_path):
     event_ll = torch.where(mask[:, 1:], lp, 0.0).sum(-1) + sc.mark_ll + end_mark_ll(logits, batch)
     surv_ll = lognormal_mixture_log_survival_metatpp(batch["last_gap"], Mixture(*(p[ar, last] for p in mix)))
     n = mask.shape[1]  # its positions 0..n-1 are our events (position n_s is its window-end entry)
-    valid = mask
+    valid = mask  # (B, n): the positions that are events in both layouts
     preds = lognormal_mixture_mean(mix) - 1e-12
     got = split_metrics(metric_sums(mix, logits, batch), marked=True)
     worst = report("Meta TPP THP+", event_ll=maxdiff(event_ll, fx["event_ll"]), surv_ll=maxdiff(surv_ll, fx["surv_ll"]),
