@@ -79,6 +79,7 @@ STR_OR_NULL = Rule("str", null=True)
 POSITIVE = Int(1)
 FRACTION = Num(0.0, 1.0, hi_open=True)  # a dropout probability
 ACTIVATIONS = ("gelu", "relu")  # aaren_bench.nn.backbone._ACTIVATIONS
+INITS = ("default", "gpt2", "xavier_attn")  # aaren_bench.nn.backbone.init_stack
 MIXERS = ("aaren", "transformer", "linear_attn", "mamba2", "mlstm", "ttt")  # aaren_bench.nn.mixers.MIXERS
 
 # --- task ---------------------------------------------------------------------------------
@@ -86,7 +87,9 @@ MIXERS = ("aaren", "transformer", "linear_attn", "mamba2", "mlstm", "ttt")  # aa
 OPTIMIZER = {"_target_": STR, "_partial_": BOOL, "lr": Num(0.0), "weight_decay": Num(0.0),
              "eps": Num(0.0, lo_open=True), "betas": LIST, "momentum": Num(0.0)}
 BACKBONE = {"d_model": POSITIVE, "n_layers": POSITIVE, "n_heads": POSITIVE, "d_ff": POSITIVE, "dropout": FRACTION,
-            "activation": Choice(*ACTIVATIONS), "norm_first": BOOL, "causal": BOOL, "attn_dropout": FRACTION}
+            "activation": Choice(*ACTIVATIONS), "norm_first": BOOL, "causal": BOOL, "attn_dropout": FRACTION,
+            "qkv_bias": BOOL, "head_dropout": FRACTION, "norm_eps": Num(0.0, lo_open=True), "ff_dropout": BOOL,
+            "init": Choice(*INITS)}
 TASK_COMMON = {
     "name": Choice("classify", "forecast", "events", "rl"), "default_dataset": STR, "protocol": STR,
     "batch_size": POSITIVE, "num_workers": Int(0), "max_epochs": Int(-1), "max_steps": Int(-1),
@@ -113,24 +116,26 @@ TASKS: dict[str, dict] = {
         "early_stop_monitor": STR_OR_NULL, "early_stop_mode": Choice("min", "max"), "n_components": POSITIVE,
         "time_encoding": Choice("absolute", "absolute+log_dt", "gap"),
         "time_encoding_at": Choice("input", "every_layer"), "loss": Choice("mean", "sum"), "l2": Num(0.0),
+        "scale_floor": Num(0.0), "score_end_mark": BOOL,
     },
     "rl": {
         "steps_per_epoch": POSITIVE, "warmup_steps": Int(0), "context_len": POSITIVE, "rtg_scale": Num(0.0, lo_open=True),
         "max_timestep": POSITIVE, "sampling": Choice("length", "uniform"), "window_start": Choice("fit", "any"),
         "eval_curve": BOOL, "target_returns": Rule("map", null=True), "acting": Choice("window", "stream"),
         "eval_episodes": POSITIVE, "eval_batch": POSITIVE, "eval_seed": Int(0), "max_ep_len": POSITIVE,
-        "eval_threads": POSITIVE, "debug_ep_len": POSITIVE,
+        "eval_threads": POSITIVE, "debug_ep_len": POSITIVE, "embed_dropout": FRACTION,
     },
 }
 
 # --- model: the sizes (from the task) and each mixer's options ------------------------------
 
 MODEL_COMMON = {"name": STR, "mixer": Choice(*MIXERS), **{k: v for k, v in BACKBONE.items()
-                                                          if k not in ("causal", "attn_dropout")}}
+                                                          if k not in ("causal", "attn_dropout", "qkv_bias",
+                                                                       "head_dropout")}}
 CHUNK = POSITIVE
 MODELS: dict[str, dict] = {
-    "aaren": {"scan_chunk": CHUNK, "causal": BOOL},
-    "transformer": {"causal": BOOL, "attn_dropout": FRACTION},
+    "aaren": {"scan_chunk": CHUNK, "causal": BOOL, "qkv_bias": BOOL, "head_dropout": FRACTION},
+    "transformer": {"causal": BOOL, "attn_dropout": FRACTION, "qkv_bias": BOOL, "head_dropout": FRACTION},
     "linear_attn": {"chunk": CHUNK, "use_kernel": BOOL},
     "mamba2": {"d_state": Int(1, null=True), "headdim": Int(1, null=True), "expand": Num(0.0, lo_open=True, null=True),
                "d_conv": POSITIVE, "ngroups": POSITIVE, "chunk": CHUNK, "use_kernel": BOOL},

@@ -117,7 +117,8 @@ def verdict(other: Summary | None, transformer: Summary | None, higher_better: b
 # --- collecting ---------------------------------------------------------------------------
 
 def load_references(path: str | Path = REFERENCES) -> dict:
-    """{task: {dataset: {"value", "std", "source", "protocol", ...}}} of checked published numbers."""
+    """{task: {dataset: {"value", "spread", "spread_is", "source", "protocol", ...}}} of checked published
+    numbers; ``spread`` is what the source prints after ±, ``spread_is`` says what it is (std, variance) over how many seeds."""
     data = yaml.safe_load(Path(path).read_text()) or {}
     if "version" not in data:
         raise ValueError(f"{path}: a references file needs a top-level 'version'")
@@ -237,8 +238,9 @@ def fmt_cell(s: Summary | None, m: Metric, seeds: int, pm: str = "±") -> str:
 def fmt_ref(ref: dict | None, m: Metric) -> str:
     if not ref:
         return ""
-    std = f" ± {ref['std']}" if ref.get("std") is not None else ""
-    return f"{ref['value']}{std}"
+    if ref.get("spread") is None:
+        return f"{ref['value']}"
+    return f"{ref['value']} ± {ref['spread']} ({ref.get('spread_is', 'spread unstated')})"
 
 
 def headers(t: Table) -> list[str]:
@@ -314,7 +316,7 @@ def to_csv(t: Table) -> str:
     head = ["table", "task", "protocol", "dataset", "in_paper", "metric"]
     for b in t.backbones:
         head += [f"{b}_mean", f"{b}_std", f"{b}_n"]
-    head += ["published", "published_std"]
+    head += ["published", "published_spread", "published_spread_is"]
     for b in t.others:
         head += [f"verdict_{b}", f"welch_p_{b}"]
     w.writerow(head)
@@ -329,7 +331,7 @@ def to_csv(t: Table) -> str:
             for b in t.others:
                 tail += [r.verdicts[b] if i == 0 else "", "" if (r.p.get(b) is None or i) else repr(r.p[b])]
             w.writerow([t.spec.number, t.spec.task, t.protocol, r.name, int(r.in_paper), m.key, *vals,
-                        ref.get("value", ""), ref.get("std", ""), *tail])
+                        ref.get("value", ""), ref.get("spread", ""), ref.get("spread_is", ""), *tail])
     return buf.getvalue()
 
 

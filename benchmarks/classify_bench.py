@@ -7,7 +7,9 @@
 Each configuration is a normal run of the suite (same configs as train.py) in a scratch runs
 folder; the table gives test accuracy, test log loss, epochs run and seconds per training
 epoch (fit wall time / epochs, validation included). ``transformer-bidir`` is the transformer
-with ``model.causal=false`` (the Time-Series-Library's own encoder), run under ``tag=bidir``.
+with ``model.causal=false`` (the Time-Series-Library's own encoder), run under ``tag=bidir``;
+under ``protocol=tslib`` plain ``transformer`` is that encoder already (the protocol sets it),
+and ``transformer-causal`` (``model.causal=true``, ``tag=causal``) is the paper's causal one.
 """
 from __future__ import annotations
 
@@ -25,7 +27,8 @@ CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
 
 # benchmark names that are a model config plus overrides (a tag keeps them out of the model's own cell)
-VARIANTS = {"transformer-bidir": ["model=transformer", "model.causal=false", "tag=bidir"]}
+VARIANTS = {"transformer-bidir": ["model=transformer", "model.causal=false", "tag=bidir"],
+            "transformer-causal": ["model=transformer", "model.causal=true", "tag=causal"]}
 
 
 def run_one(dataset: str, protocol: str, model: str, seed: int, runs: Path, extra: list[str]) -> dict:

@@ -57,8 +57,11 @@ def test_verdict_missing_and_too_few_seeds():
 
 def test_references_only_checked_numbers():
     refs = T.load_references()
-    assert refs["rl"]["halfcheetah-medium"]["value"] == 42.6 and refs["rl"]["halfcheetah-medium"]["std"] == 0.1
-    assert refs["rl"]["hopper-medium"]["value"] == 67.6 and refs["rl"]["hopper-medium"]["std"] == 1.0
+    assert refs["rl"]["halfcheetah-medium"]["value"] == 42.6 and refs["rl"]["halfcheetah-medium"]["spread"] == 0.1
+    assert refs["rl"]["hopper-medium"]["value"] == 67.6 and refs["rl"]["hopper-medium"]["spread"] == 1.0
+    # the DT paper gives "the mean and variance for three seeds": the label says so, not "std"
+    assert all(r["spread_is"] == "variance over 3 seeds" and "std" not in r for r in refs["rl"].values())
+    assert T.fmt_ref(refs["rl"]["hopper-medium"], None) == "67.6 ± 1.0 (variance over 3 seeds)"
     assert {r["protocol"] for r in refs["rl"].values()} == {"dt"}, "the DT paper's numbers follow kzl DT's protocol"
     n = sum(len(v or {}) for v in refs.values())
     assert n == 2, "only the two numbers PROTOCOL.md lists as checked may be printed"
@@ -118,7 +121,7 @@ def test_tables_from_records(tmp_path, capsys):
     md1 = (out / "table1_rl.md").read_text()
     assert "| hopper-medium | missing | 60.0 ± 0.0 (n=1) | missing |  |" in md1, "no DT-paper number beside suite runs"
     md1dt = (out / "table1_rl_dt.md").read_text()
-    assert "| hopper-medium | missing | 61.0 ± 0.0 (n=1) | missing | 67.6 ± 1.0 |" in md1dt
+    assert "| hopper-medium | missing | 61.0 ± 0.0 (n=1) | missing | 67.6 ± 1.0 (variance over 3 seeds) |" in md1dt
     assert "| walker2d-medium | missing | missing | missing |  |" in md1dt, "no reference where none was checked"
 
     tex = (out / "table4_classify.tex").read_text()

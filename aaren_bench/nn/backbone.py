@@ -24,7 +24,9 @@ from aaren_bench.nn.mixers import mixer_factory
 
 _ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
 # model-config keys the backbone itself takes; every other key is an option of the mixer
-_BACKBONE_KEYS = ("d_model", "n_layers", "d_ff", "dropout", "activation", "norm_first")
+_BACKBONE_KEYS = ("d_model", "n_layers", "d_ff", "dropout", "activation", "norm_first", "norm_eps", "ff_dropout", "init")
+# init schemes of the stack (an anchor's, under its protocol): default keeps PyTorch's
+INITS = ("default", "gpt2", "xavier_attn")
 
 
 @dataclass
@@ -44,13 +46,21 @@ class BackboneState:
 
 
 class Block(nn.Module):
-    def __init__(self, mixer: nn.Module, d_model: int, d_ff: int, dropout: float, activation: str, norm_first: bool):
+    """Mixer and feed-forward with residuals, dropout and LayerNorms (post-LN unless ``norm_first``).
+
+    ``ff_dropout``: a dropout inside the feed-forward after the activation (TSLib, THP); GPT-2
+    and min-DT have none there (``False``). ``norm_eps``: the LayerNorms' epsilon (THP: 1e-6).
+    """
+
+    def __init__(self, mixer: nn.Module, d_model: int, d_ff: int, dropout: float, activation: str, norm_first: bool,
+                 norm_eps: float = 1e-5, ff_dropout: bool = True):
         super().__init__()
         if activation not in _ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
         self.mixer = mixer
-        self.ff = nn.Sequential(nn.Linear(d_model, d_ff), _ACTIVATIONS[activation](), nn.Dropout(dropout), nn.Linear(d_ff, d_model))
-        self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
+        inner = [nn.Dropout(dropout)] if ff_dropout else []
+        self.ff = nn.Sequential(nn.Linear(d_model, d_ff), _ACTIVATIONS[activation](), *inner, nn.Linear(d_ff, d_model))
+        self.norm1, self.norm2 = nn.LayerNorm(d_model, eps=norm_eps), nn.LayerNorm(d_model, eps=norm_eps)
         self.drop1, self.drop2 = nn.Dropout(dropout), nn.Dropout(dropout)
         self.norm_first = norm_first
 
@@ -85,16 +95,23 @@ class Backbone(nn.Module):
         dropout: float = 0.1,
         activation: str = "gelu",
         norm_first: bool = False,
+        norm_eps: float = 1e-5,
+        ff_dropout: bool = True,
+        init: str = "default",
     ):
         super().__init__()
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r} (model.init)")
         if not callable(mixer):
             raise TypeError(f"mixer must be a factory d_model -> mixer, e.g. mixer_factory('aaren', n_heads=8); "
                             f"got {mixer!r} (build from a config with build_backbone)")
         self.d_model = d_model
         self.blocks = nn.ModuleList(
-            Block(mixer(d_model), d_model, d_ff, dropout, activation, norm_first) for _ in range(n_layers)
+            Block(mixer(d_model), d_model, d_ff, dropout, activation, norm_first, norm_eps, ff_dropout)
+            for _ in range(n_layers)
         )
-        self.final_norm = nn.LayerNorm(d_model) if norm_first else nn.Identity()
+        self.final_norm = nn.LayerNorm(d_model, eps=norm_eps) if norm_first else nn.Identity()
+        init_stack(self, init)
 
     def forward(self, x: Tensor, mask: Tensor | None = None, state: BackboneState | None = None,
                 output_state: bool = False) -> tuple[Tensor, BackboneState | None]:
@@ -136,6 +153,29 @@ class Backbone(nn.Module):
         return state.layers
 
 
+def init_stack(stack: nn.Module, scheme: str) -> None:
+    """Initialise a stack's weights by an anchor's scheme (``INITS``), in place.
+
+    gpt2: every Linear weight N(0, 0.02) with zero bias, every LayerNorm 1 / 0 (kzl's
+    ``GPT2PreTrainedModel._init_weights``, with no scaled residual projections);
+    xavier_attn: the attention projections' weights Xavier-uniform, biases as built
+    (THP's ``MultiHeadAttention`` in Meta TPP); default: PyTorch's own.
+    """
+    if scheme == "gpt2":
+        for m in stack.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0.0, 0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+    elif scheme == "xavier_attn":
+        for name, m in stack.named_modules():
+            if isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] in ("q_proj", "k_proj", "v_proj", "out_proj"):
+                nn.init.xavier_uniform_(m.weight)
+
+
 def state_nbytes(state: BackboneState) -> int:
     """Bytes held by a streaming state (``state.nbytes()``)."""
     return state.nbytes()
@@ -144,8 +184,8 @@ def state_nbytes(state: BackboneState) -> int:
 def build_backbone(cfg) -> Backbone:
     """Build from a model config (``conf/model/*.yaml``).
 
-    ``mixer`` names the registered mixer; d_model, n_layers, d_ff, dropout, activation and
-    norm_first size the stack; every other key except ``name`` (n_heads, scan_chunk,
+    ``mixer`` names the registered mixer; d_model, n_layers, d_ff, dropout, activation,
+    norm_first, norm_eps, ff_dropout and init shape the stack; every other key except ``name`` (n_heads, scan_chunk,
     causal, ...) is passed to the mixer, which rejects options it does not take.
     """
     cfg = {k: cfg[k] for k in cfg}  # a plain dict (resolves OmegaConf interpolations)
@@ -161,4 +201,7 @@ def build_backbone(cfg) -> Backbone:
         dropout=cfg["dropout"],
         activation=cfg.get("activation", "gelu"),
         norm_first=cfg.get("norm_first", False),
+        norm_eps=cfg.get("norm_eps", 1e-5),
+        ff_dropout=cfg.get("ff_dropout", True),
+        init=cfg.get("init", "default"),
     )

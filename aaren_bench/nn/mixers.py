@@ -16,7 +16,8 @@ tensors with ``.nbytes()``.
 At position k the output is attention over the *valid* tokens at or before k (a position
 with no valid token at or before it outputs 0); only the transformer with
 ``causal=False`` looks ahead. Both mixers have the same projections (query, key, value,
-output, with bias): their parameter counts differ only by Aaren's learned query token.
+output, with bias unless ``qkv_bias=False``, THP's): their parameter counts differ only by
+Aaren's learned query token.
 
 A new mixer joins the registry with one line, ``@register_mixer("name")`` above its class.
 """
@@ -66,14 +67,14 @@ def mixer_factory(name: str, **options) -> Callable[[int], nn.Module]:
 class _Projections(nn.Module):
     """Q, K, V and output projections shared by both mixers."""
 
-    def __init__(self, d_model: int, n_heads: int):
+    def __init__(self, d_model: int, n_heads: int, qkv_bias: bool = True):
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
         self.d_model, self.n_heads, self.d_head = d_model, n_heads, d_model // n_heads
-        self.q_proj = nn.Linear(d_model, d_model)
-        self.k_proj = nn.Linear(d_model, d_model)
-        self.v_proj = nn.Linear(d_model, d_model)
+        self.q_proj = nn.Linear(d_model, d_model, bias=qkv_bias)  # qkv_bias=False: THP's (Meta TPP)
+        self.k_proj = nn.Linear(d_model, d_model, bias=qkv_bias)
+        self.v_proj = nn.Linear(d_model, d_model, bias=qkv_bias)
         self.out_proj = nn.Linear(d_model, d_model)
 
     def heads(self, t: Tensor) -> Tensor:
@@ -97,13 +98,17 @@ class AarenMixer(_Projections):
     (:class:`aaren_bench.ops.ScanState`): constant size however long the history.
     """
 
-    def __init__(self, d_model: int, n_heads: int, scan_chunk: int = 32, causal: bool = True):
+    def __init__(self, d_model: int, n_heads: int, scan_chunk: int = 32, causal: bool = True,
+                 qkv_bias: bool = True, head_dropout: float = 0.0):
         if not causal:
             raise ValueError("the aaren mixer is causal by construction (a prefix scan): "
                              "model.causal=false is only for model=transformer")
-        super().__init__(d_model, n_heads)
+        super().__init__(d_model, n_heads, qkv_bias)
         self.query = nn.Parameter(torch.randn(d_model) / math.sqrt(d_model))
         self.scan_chunk = scan_chunk
+        if not 0.0 <= head_dropout < 1.0:
+            raise ValueError(f"head_dropout must be in [0, 1); got {head_dropout}")
+        self.head_drop = nn.Dropout(head_dropout)  # on the attention output before out_proj (min-DT's att_drop)
 
     def _q(self) -> Tensor:
         return self.q_proj(self.query).view(self.n_heads, self.d_head)  # (H, Dh)
@@ -114,7 +119,7 @@ class AarenMixer(_Projections):
         s = torch.einsum("bhnd,hd->bhn", k, self._q().to(k.dtype)) / math.sqrt(self.d_head)  # (B, H, N)
         out = scan(s, v, mask, chunk=self.scan_chunk, return_state=output_state, initial_state=state)
         o, state = out if output_state else (out, None)  # (B, H, N, Dh)
-        return self.out_proj(self.merge(o)), state
+        return self.out_proj(self.head_drop(self.merge(o))), state
 
     def init_state(self, batch: int, device=None, dtype=torch.float32) -> ScanState:
         return init_state(batch, self.n_heads, self.d_head, device=device, dtype=dtype)
@@ -125,7 +130,7 @@ class AarenMixer(_Projections):
         v = self.v_proj(x_t).view(B, self.n_heads, self.d_head)
         s = (k * self._q().to(k.dtype)).sum(-1) / math.sqrt(self.d_head)  # (B, H)
         o, state = scan_step(s, v, state, mask_t)  # (B, H, Dh)
-        return self.out_proj(o.reshape(B, self.d_model)), state
+        return self.out_proj(self.head_drop(o.reshape(B, self.d_model))), state
 
 
 @dataclass
@@ -176,15 +181,19 @@ class SelfAttention(_Projections):
 
     ``attn_dropout``: dropout on the attention weights in the parallel ``forward`` while
     training (0 by default; TSLib's ``FullAttention`` uses the model's dropout, so its protocol
-    sets 0.1). ``step`` is for inference and never drops.
+    sets 0.1). ``head_dropout``: dropout on the attention output before the output projection
+    (min-DT's ``att_drop``). ``step`` is for inference and never drops.
     """
 
-    def __init__(self, d_model: int, n_heads: int, causal: bool = True, attn_dropout: float = 0.0):
-        super().__init__(d_model, n_heads)
-        if not 0.0 <= attn_dropout < 1.0:
-            raise ValueError(f"attn_dropout must be in [0, 1); got {attn_dropout}")
+    def __init__(self, d_model: int, n_heads: int, causal: bool = True, attn_dropout: float = 0.0,
+                 qkv_bias: bool = True, head_dropout: float = 0.0):
+        super().__init__(d_model, n_heads, qkv_bias)
+        for name, p in (("attn_dropout", attn_dropout), ("head_dropout", head_dropout)):
+            if not 0.0 <= p < 1.0:
+                raise ValueError(f"{name} must be in [0, 1); got {p}")
         self.causal = causal
         self.attn_dropout = float(attn_dropout)
+        self.head_drop = nn.Dropout(head_dropout)
 
     def _p(self) -> float:
         return self.attn_dropout if self.training else 0.0
@@ -201,7 +210,7 @@ class SelfAttention(_Projections):
         if not self.causal:
             if state is not None or output_state:
                 self._need_causal("state")
-            return self.out_proj(self.merge(self._bidirectional(q, k, v, mask))), None
+            return self.out_proj(self.head_drop(self.merge(self._bidirectional(q, k, v, mask)))), None
         valid = torch.ones(B, N, dtype=torch.bool, device=x.device) if mask is None else mask.bool()  # (B, N)
         if state is not None and state.length:
             k0, v0, valid0 = state.stored()  # (B, H, P, Dh), (B, P)
@@ -219,7 +228,7 @@ class SelfAttention(_Projections):
             allowed[:, :, P:] |= torch.eye(N, dtype=torch.bool, device=x.device) & ~seen[:, :, None]
             o = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None], dropout_p=self._p())  # (B, H, N, Dh)
             o = o * seen[:, None, :, None].to(o.dtype)
-        y = self.out_proj(self.merge(o))
+        y = self.out_proj(self.head_drop(self.merge(o)))
         if not output_state:
             return y, None
         return y, KVCache(k.contiguous(), v.contiguous(), valid.contiguous(), P + N)

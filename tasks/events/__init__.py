@@ -43,8 +43,10 @@ class EventsTask(Task):
         model = EventModel(backbone, num_marks=dm.num_marks, time_scale=dm.time_scale,
                            n_components=t.get("n_components", 8),
                            time_encoding=t.get("time_encoding", "absolute"),
-                           time_encoding_at=t.get("time_encoding_at", "input"))
-        return EventModule(model, optimizer, loss=t.get("loss", "mean"), l2=float(t.get("l2", 0.0) or 0.0))
+                           time_encoding_at=t.get("time_encoding_at", "input"),
+                           scale_floor=float(t.get("scale_floor", 1e-4)))
+        return EventModule(model, optimizer, loss=t.get("loss", "mean"), l2=float(t.get("l2", 0.0) or 0.0),
+                           score_end_mark=bool(t.get("score_end_mark", False)))
 
 
 TASK = EventsTask()

@@ -32,7 +32,9 @@ entries 2..n+1 (events 2..n and the window-end gap), each predicted from the sta
                                                             file stores there (none: a miss)
 
 log L' is log L computed as Meta TPP does: densities and survival at tau + 1e-12, each
-component's CDF clamped to [1e-5, 1 - 1e-5] in the survival term (so log S >= log 1e-5);
+component's CDF clamped to [1e-5, 1 - 1e-5] in the survival term (so log S >= log 1e-5),
+plus, on marked data, the mark log-probability of the window-end entry given h_n
+(``end_mark_ll``: a pseudo-event, which Meta TPP's shifted mask scores);
 yhat is the mixture mean minus 1e-12.
 """
 from __future__ import annotations
@@ -52,6 +54,7 @@ __all__ = [
     "lognormal_mixture_log_survival_metatpp",
     "lognormal_mixture_log_survival",
     "lognormal_mixture_mean",
+    "end_mark_ll",
     "sequence_scores",
     "metric_sums",
     "split_metrics",
@@ -136,6 +139,22 @@ def sequence_scores(mix: Mixture, mark_logits: Tensor | None, batch: dict) -> Se
     return SeqScores(time_ll, mark_ll, surv_ll, tgt_valid.sum(-1))
 
 
+def end_mark_ll(mark_logits: Tensor | None, batch: dict) -> Tensor:
+    """Meta TPP's extra mark term, (B,): log P(k_end | h_n), the mark head at each sequence's last
+    event scored against the mark its file stores at the window-end entry (a pseudo-event), class 0
+    where none is stored (its ``where(marks - 1 >= 0, marks - 1, 0)``). Its ``masks_without_last``
+    (``tpp_network.py``) is shifted by one against the targets, so this term is in its loss and NLL.
+    Zeros for unmarked data."""
+    mask = batch["mask"]
+    B = mask.shape[0]
+    if mark_logits is None:
+        return torch.zeros(B, dtype=torch.float32, device=mask.device)
+    ar = torch.arange(B, device=mask.device)
+    last = mask.sum(-1) - 1  # (B,)
+    end = batch.get("end_mark", torch.full((B,), -1, dtype=torch.long, device=mask.device)).clamp_min(0)
+    return F.log_softmax(mark_logits[ar, last], dim=-1).gather(-1, end[:, None]).squeeze(-1)
+
+
 class MetricSums(NamedTuple):
     """Sums over a batch, to be added up over a whole split before dividing (``add_sums``, ``split_metrics``)."""
 
@@ -197,7 +216,7 @@ def metric_sums(mix: Mixture, mark_logits: Tensor | None, batch: dict) -> Metric
         n_events=n_ev,
         sq_err=float((err**2).sum()),
         correct=correct,
-        nll_metatpp=-float((time_mt + sc.mark_ll + surv_mt).double().sum()),
+        nll_metatpp=-float((time_mt + sc.mark_ll + end_mark_ll(mark_logits, batch) + surv_mt).double().sum()),
         n_entries=n_seq_events + B,
         sq_seq=float((err_mt**2).sum()),
         n_targets=n_seq_events,

@@ -17,7 +17,8 @@ knows nothing of it.
 
 The backbone output h_i has seen events 1..i only; it parametrises the next gap (mixture of
 K log-normals, decoder MLP d -> d -> 3K with tanh as in Meta TPP) and the next mark (a
-linear layer). The mixture is returned in the data's own time units (mu is shifted by
+linear layer); the mixture's scales are softplus + ``scale_floor`` (1e-4 in the suite, 0 as Meta
+TPP under its protocol). The mixture is returned in the data's own time units (mu is shifted by
 log s), so likelihoods need no rescaling.
 """
 from __future__ import annotations
@@ -45,17 +46,20 @@ class EventModel(nn.Module):
         n_components: int = 8,
         time_encoding: str = "absolute",
         time_encoding_at: str = "input",
+        scale_floor: float = 1e-4,
     ):
         super().__init__()
         if time_encoding not in TIME_ENCODINGS:
             raise ValueError(f"time_encoding must be one of {TIME_ENCODINGS}, got {time_encoding!r}")
         if time_encoding_at not in ENCODING_AT:
             raise ValueError(f"time_encoding_at must be one of {ENCODING_AT}, got {time_encoding_at!r}")
+        if not scale_floor >= 0:
+            raise ValueError(f"scale_floor must be >= 0, got {scale_floor} (task.scale_floor)")
         if not time_scale > 0:
             raise ValueError(f"time_scale must be positive, got {time_scale}")
         d = backbone.d_model
         self.backbone = backbone
-        self.num_marks, self.n_components = num_marks, n_components
+        self.num_marks, self.n_components, self.scale_floor = num_marks, n_components, float(scale_floor)
         self.time_encoding, self.every_layer = time_encoding, time_encoding_at == "every_layer"
         self.mark_emb = nn.Embedding(num_marks, d)
         self.dt_proj = nn.Linear(1, d) if time_encoding == "absolute+log_dt" else None
@@ -90,7 +94,7 @@ class EventModel(nn.Module):
     def heads(self, h: Tensor) -> tuple[Mixture, Tensor | None]:
         """h (..., D) -> Mixture of (..., K) tensors in data units, mark logits (..., M) or None."""
         w, mu, sig = self.decoder(h).chunk(3, dim=-1)
-        mix = Mixture(F.log_softmax(w, -1), mu + self.log_scale.to(mu.dtype), F.softplus(sig) + 1e-4)
+        mix = Mixture(F.log_softmax(w, -1), mu + self.log_scale.to(mu.dtype), F.softplus(sig) + self.scale_floor)
         return mix, (self.mark_head(h) if self.mark_head is not None else None)
 
     def forward(self, batch: dict) -> tuple[Mixture, Tensor | None]:

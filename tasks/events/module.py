@@ -10,6 +10,7 @@ from tasks.events.data import EventSeqs, collate
 from tasks.events.likelihood import (
     MetricSums,
     add_sums,
+    end_mark_ll,
     metric_sums,
     sequence_scores,
     split_metrics,
@@ -68,10 +69,12 @@ class EventModule(L.LightningModule):
     loss="mean": the NLL per scored event of the batch (the suite's); "sum": the batch's summed
     NLL (Meta TPP's). l2 > 0 adds 0.5 * l2 * ||theta||^2 over every parameter to that loss at each
     training step (Meta TPP's penalty, with its optimizer's own decay set to 0); validation and
-    test never include it.
+    test never include it. score_end_mark: the loss also scores the mark of the window-end
+    entry given the last event (Meta TPP's loss does; ``likelihood.end_mark_ll``).
     """
 
-    def __init__(self, model: EventModel, optimizer, loss: str = "mean", l2: float = 0.0):
+    def __init__(self, model: EventModel, optimizer, loss: str = "mean", l2: float = 0.0,
+                 score_end_mark: bool = False):
         super().__init__()
         if loss not in LOSSES:
             raise ValueError(f"task.loss must be one of {LOSSES}, got {loss!r}")
@@ -79,7 +82,7 @@ class EventModule(L.LightningModule):
             raise ValueError(f"task.l2 must be >= 0, got {l2}")
         self.model = model
         self.optimizer_factory = optimizer
-        self.loss_reduction, self.l2 = loss, float(l2)
+        self.loss_reduction, self.l2, self.score_end_mark = loss, float(l2), bool(score_end_mark)
         self._sums: dict[str, MetricSums] = {}
 
     def forward(self, batch):
@@ -94,6 +97,8 @@ class EventModule(L.LightningModule):
         sc = sequence_scores(mix, logits, batch)
         n = sc.n_scored.sum().clamp_min(1)
         nll_sum = -(sc.time_ll + sc.mark_ll + sc.surv_ll).sum()
+        if self.score_end_mark:
+            nll_sum = nll_sum - end_mark_ll(logits, batch).sum()
         loss = nll_sum / n if self.loss_reduction == "mean" else nll_sum
         if self.l2:
             loss = loss + self.l2_penalty()

@@ -39,7 +39,8 @@ class RLTask(Task):
             raise ConfigError(f"task.monitor={cfg.task.monitor} selects a checkpoint by its evaluation, but "
                               f"task.eval_curve is off, so nothing is evaluated during training; set "
                               f"task.eval_curve=true or task.monitor=null")
-        model = DecisionModel(backbone, dm.obs_dim, dm.act_dim, int(cfg.task.max_timestep))
+        model = DecisionModel(backbone, dm.obs_dim, dm.act_dim, int(cfg.task.max_timestep),
+                              embed_dropout=float(cfg.task.get("embed_dropout", 0.0)))
         model.set_state_stats(dm.stats)
         return DecisionModule(model, optimizer, Evaluation.from_cfg(cfg), warmup_steps=int(cfg.task.warmup_steps))
 

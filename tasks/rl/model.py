@@ -24,7 +24,8 @@ def interleave(r: Tensor, s: Tensor, a: Tensor) -> Tensor:
 
 
 class DecisionModel(nn.Module):
-    def __init__(self, backbone: nn.Module, obs_dim: int, act_dim: int, max_timestep: int = 4096):
+    def __init__(self, backbone: nn.Module, obs_dim: int, act_dim: int, max_timestep: int = 4096,
+                 embed_dropout: float = 0.0):
         super().__init__()
         D = backbone.d_model
         self.backbone = backbone
@@ -34,6 +35,7 @@ class DecisionModel(nn.Module):
         self.embed_action = nn.Linear(act_dim, D)
         self.embed_time = nn.Embedding(max_timestep, D)
         self.embed_ln = nn.LayerNorm(D)
+        self.embed_drop = nn.Dropout(embed_dropout)  # GPT-2's embd_pdrop on the token sequence (protocol dt)
         self.head = nn.Sequential(nn.Linear(D, act_dim), nn.Tanh())
         # dataset state statistics travel with the checkpoint (tasks.rl.d4rl.StateStats)
         self.register_buffer("state_mean", torch.zeros(obs_dim))
@@ -74,7 +76,7 @@ class DecisionModel(nn.Module):
             self.embed("action", actions, timesteps),
         )  # (B, 3T, D)
         token_mask = None if mask is None else mask.repeat_interleave(3, dim=1)  # (B, 3T)
-        h, _ = self.backbone(tokens, token_mask)  # (B, 3T, D)
+        h, _ = self.backbone(self.embed_drop(tokens), token_mask)  # (B, 3T, D)
         return self.head(h[:, 1::3])  # outputs at the state tokens -> (B, T, A)
 
     # -- streaming: one token at a time ------------------------------------------------

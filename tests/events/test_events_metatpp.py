@@ -13,7 +13,8 @@ from aaren_bench.run import build, make_callbacks, train
 from aaren_bench.study import compose_config
 from tasks.events.data import EventSeqs, collate
 from tasks.events.formats import save_meta_tpp_npz
-from tasks.events.likelihood import Mixture, lognormal_mixture_mean, metric_sums, sequence_scores, split_metrics
+from tasks.events.likelihood import (Mixture, end_mark_ll, lognormal_mixture_mean, metric_sums, sequence_scores,
+                                     split_metrics)
 from tasks.events.model import EventModel
 from tasks.events.module import EventModule
 
@@ -187,6 +188,10 @@ def test_meta_tpp_formulas_match_hand_computation(end_marks):
     ll = (math.log(_pdf(0.5, *pos(0, 0))) + math.log(_pdf(2.5, *pos(0, 1))) + math.log(_sf_clamped(6.0, *pos(0, 2)))
           + lm(0, 0, 2) + lm(0, 1, 1)
           + math.log(_pdf(4.0, *pos(1, 0))) + math.log(_sf_clamped(4.0, *pos(1, 1))) + lm(1, 0, 1))
+    # Meta TPP's shifted masks_without_last also score the window-end entry's mark from the last
+    # event's state (a pseudo-event): its stored mark, or class 0 where the file has padding there
+    ends_ll = [max(e, 0) for e in (end_marks or [-1, -1])]
+    ll += lm(0, 2, ends_ll[0]) + lm(1, 1, ends_ll[1])
     assert math.log(_sf_clamped(4.0, *pos(1, 1))) == pytest.approx(math.log(1e-5), rel=1e-6)
     nll_by_hand = -ll / 7  # every valid entry: 4 + 3
     m = lognormal_mixture_mean(mix) - 1e-12
@@ -207,6 +212,24 @@ def test_meta_tpp_formulas_match_hand_computation(end_marks):
     se = (m[0, 0] - 0.5) ** 2 + (m[0, 1] - 2.5) ** 2 + (m[1, 0] - 4.0) ** 2
     assert got["rmse"] == pytest.approx(math.sqrt(float(se) / 3), rel=1e-9)
     assert got["nll"] * 3 > got["nll_metatpp"] * 7 + 50  # the clamp lifts B's tiny survival to 1e-5
+
+
+def test_metatpp_loss_scores_the_window_end_mark_and_the_suite_does_not():
+    """Meta TPP's training loss (tpp_network.py, masks_without_last) has the window-end entry's
+    mark term; under protocol=metatpp ours does too, under the suite it does not."""
+    batch = {k: (v.double() if v.is_floating_point() else v) for k, v in collate(_seqs([1, 2]), [0, 1]).items()}
+    plain, with_end = _module("sum", 0.0), _module("sum", 0.0)
+    with_end.score_end_mark = True
+    mix, logits = plain.model(batch)
+    extra = float(end_mark_ll(logits, batch).sum())
+    by_hand = float(torch.log_softmax(logits[0, 2], -1)[1] + torch.log_softmax(logits[1, 1], -1)[2])
+    assert extra == pytest.approx(by_hand, rel=1e-12) and extra < 0
+    with pytest.warns(UserWarning, match="log"):
+        a, b = float(plain.training_step(batch, 0)), float(with_end.training_step(batch, 0))
+    assert b == pytest.approx(a - extra, rel=1e-12)
+    for protocol, want in (("metatpp", True), ("suite", False)):
+        _, _, module, _ = build(_cfg(f"protocol={protocol}", *TINY_SIN))
+        assert module.score_end_mark is want, protocol
 
 
 def test_end_marks_survive_subset_split_and_file_round_trip(tmp_path):

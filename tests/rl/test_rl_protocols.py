@@ -45,7 +45,7 @@ def test_protocol_files(protocol, want):
 
 
 def test_dt_targets_per_env_and_ant_falls_back():
-    assert target_returns(compose_config(["dataset=halfcheetah-medium", "protocol=dt"])) == (6000.0, 12000.0)
+    assert target_returns(compose_config(["dataset=halfcheetah-medium", "protocol=dt"])) == (12000.0, 6000.0)  # kzl's order
     assert target_returns(compose_config(["dataset=walker2d-medium-expert", "protocol=dt"])) == (5000.0, 2500.0)
     assert target_returns(compose_config(["dataset=ant-medium", "protocol=dt"])) == (6000.0,)  # neither anchor has ant
     cfg = compose_config(["dataset=hopper-medium", "protocol=dt", "task.target_returns.hopper=[3000]"])
