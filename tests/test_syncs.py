@@ -46,3 +46,24 @@ def test_optimizer_step_counts_are_host_reads():
         p.sum().backward()
         opt.step()
     assert c.total == 0 and c.host_reads >= 1, (c.report(), c.host_reads)
+
+
+# --------------------------------------------------------------------------------------
+# every task with every backbone
+# --------------------------------------------------------------------------------------
+
+from aaren_bench.bench.tasksteps import MIXERS, TASK_DATASETS, sync_row  # noqa: E402
+
+# reads per validation batch: the metric accumulators (classify's hit count, forecast's two error
+# sums, events' eight likelihood sums), the same for every backbone; torchmetrics states bring them to 0
+VAL_READS = {"classify": 1, "forecast": 2, "events": 8}
+
+
+@pytest.mark.parametrize("mixer", MIXERS)
+@pytest.mark.parametrize("task", list(TASK_DATASETS))
+def test_training_step_reads_nothing_and_validation_a_constant(task, mixer, one_thread):
+    row = sync_row(task, mixer, batch=4)
+    assert row["train_syncs"] == 0, row["train_where"]
+    if task in VAL_READS:
+        assert row["val_syncs"] <= VAL_READS[task], row["val_where"]
+        assert all(place.startswith("tasks/") for place in row["val_where"]), row["val_where"]

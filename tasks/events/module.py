@@ -97,8 +97,9 @@ class EventModule(L.LightningModule):
         loss = nll_sum / n if self.loss_reduction == "mean" else nll_sum
         if self.l2:
             loss = loss + self.l2_penalty()
-        self.log("train/nll", nll_sum.detach() / n, on_step=True, on_epoch=True, prog_bar=True, batch_size=int(n))
-        self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, batch_size=int(n))
+        # batch_size as a device tensor: the epoch mean is weighted by events without reading n on the host
+        self.log("train/nll", nll_sum.detach() / n, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
+        self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, batch_size=n)
         return loss
 
     def _accumulate(self, stage: str, batch):

@@ -41,6 +41,7 @@ class RLTask(Task):
                               f"task.eval_curve=true or task.monitor=null")
         model = DecisionModel(backbone, dm.obs_dim, dm.act_dim, int(cfg.task.max_timestep))
         model.set_state_stats(dm.stats)
+        model.check_horizon(dm.longest_episode)
         return DecisionModule(model, optimizer, Evaluation.from_cfg(cfg), warmup_steps=int(cfg.task.warmup_steps))
 
     def record_extras(self, cfg, datamodule: RLDataModule, module: DecisionModule) -> dict:
