@@ -100,3 +100,41 @@ def count_syncs(fn, *args, **kwargs) -> tuple[object, SyncCounter]:
     with SyncCounter() as counter:
         out = fn(*args, **kwargs)
     return out, counter
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the aten operations that reach the dispatcher (each a kernel launch on a GPU,
+    short of fusion): ``total``, and ``counts`` by name."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.counts[str(func.overloadpacket)] += 1
+        return func(*args, **(kwargs or {}))
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+def layer_ops(mixer: str, length: int, batch: int = 16, d_model: int = 128, n_heads: int = 8, device="cpu") -> int:
+    """aten operations of one backbone layer's forward and backward at (batch, length, d_model),
+    the mask included (half the rows padded). Every tensor is made on ``device``: ``meta``
+    counts without computing (for the lengths a CPU cannot afford), which is exact as long as
+    the layer reads nothing on the host."""
+    from omegaconf import OmegaConf
+
+    from aaren_bench.nn import build_backbone
+
+    cfg = OmegaConf.create(dict(name=mixer, mixer=mixer, d_model=d_model, n_layers=1, n_heads=n_heads,
+                                d_ff=2 * d_model, dropout=0.0, norm_first=True))
+    model = build_backbone(cfg).to(device)
+    x = torch.randn(batch, length, d_model, device=device, requires_grad=True)
+    mask = torch.ones(batch, length, dtype=torch.bool, device=device)
+    mask[::2, length // 2:] = False
+    with OpCounter() as ops:
+        y, _ = model(x, mask)
+        y.sum().backward()
+    return ops.total

@@ -35,8 +35,10 @@ Four forms of the same function:
       h_{j+1} = exp(sum_{r in block} log a_r) h_j  +  sum_s exp(seg_{last,s}) dt_s x_s B_s^T
 
   (seg = :func:`segsum` of the block's log a, every sum over at most C terms). Inside a block:
-  C x C matrix products; between blocks: J steps of the recurrence on the (P, S) state.
-  O(N C (P + S) + N P S) work, O(N C + (N / C) P S) memory: linear in N.
+  C x C matrix products; between blocks: the recurrence unrolled as one more segment sum, over
+  the J block decays, h_j = sum_{i<=j} exp(sum_{i<k<j} log A_k) own_i (a (J+1) x (J+1) matrix
+  applied to the stacked states), so the number of operations does not grow with N.
+  O(N C (P + S) + J^2 P S) work, O(N C + J^2 + J P S) memory.
 - :func:`ssd_step`: one step on the explicit state (streaming).
 
 Mamba-2's short causal convolution lives here too (:func:`causal_conv1d`,
@@ -261,15 +263,15 @@ def ssd_chunked(
     from_start = torch.cumsum(log_a, dim=-1)  # (b, H, J, C): sum_{r<=t} log a_r within the block
     block_decay = torch.exp(from_start[..., -1])  # (b, H, J)
 
-    # between blocks: the recurrence on the state entering each block
+    # between blocks: the state entering each block, h_in[z] = sum_{c<=z} decay(c..z) states[c], from
+    # one segment sum over the blocks' total log-decays (the same masked cumulative sums as inside a
+    # block): a fixed number of operations whatever N, no Python loop over the blocks
     if h is None:
         h = own.new_zeros(b, H, P, S)
-    entering = []
-    # unbind once: indexing [:, :, j] in the loop would give each block a full-size gradient buffer
-    for decay_j, own_j in zip(block_decay.unbind(2), own.unbind(2)):
-        entering.append(h)
-        h = decay_j[:, :, None, None] * h + own_j
-    h_in = torch.stack(entering, dim=2)  # (b, H, J, P, S)
+    states = torch.cat([h[:, :, None], own], dim=2)  # (b, H, J + 1, P, S): the initial state, then each block's
+    between = torch.exp(segsum(F.pad(from_start[..., -1], (1, 0))))  # (b, H, J + 1, J + 1)
+    h_all = torch.einsum("bhzc,bhcpn->bhzpn", between, states)  # (b, H, J + 1, P, S)
+    h_in, h = h_all[:, :, :-1], h_all[:, :, -1]  # entering each block; after the last
     y = y + torch.exp(from_start)[..., None] * torch.einsum("bhjtn,bhjpn->bhjtp", Ch, h_in)
 
     y = y.view(b, H, J * Cn, P)[:, :, :N]
