@@ -54,7 +54,7 @@ NEUTRAL_KEYS = (
     "seed", "model", "dataset", "task", "protocol", "tag", "trainer", "skip_done", "checkpoint_every_min",
     "matmul_precision", "trainer.accelerator", "trainer.devices", "trainer.precision", "trainer.strategy",
     "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.log_every_n_steps",
-    "trainer.deterministic", "task.num_workers", "task.eval_threads",
+    "trainer.deterministic", "task.num_workers", "task.eval_threads", "model.compile",
     "task.eval_batch",
 )
 # ... and everything below these.
