@@ -408,6 +408,8 @@ def _run(cfg: DictConfig, cell: Cell, overrides: list[str], run_dir: Path, debug
             "attempts": attempts,
             "device": str(trainer.strategy.root_device),
             "precision": str(cfg.trainer.get("precision")),
+            # float32 matrix products as run: "high" is TF32 on a GPU that has it (10-bit mantissa)
+            "matmul_precision": torch.get_float32_matmul_precision(),
             "versions": versions(),
             "config": OmegaConf.to_container(cfg, resolve=True),
             "command": " ".join(sys.argv),
