@@ -140,7 +140,13 @@ class ResumableLoader(DataLoader):
 
 def resumable_loader(dataset, *, batch_size: int, shuffle: bool, **kwargs) -> DataLoader:
     """The loader of one split: a :class:`ResumableLoader` for training (``shuffle=True``), a plain
-    ``DataLoader`` in order for evaluation."""
+    ``DataLoader`` in order for evaluation.
+
+    For GPU runs: batches in pinned memory when CUDA is there (the copy to the device can overlap
+    compute), and worker processes kept across epochs when there are any (``num_workers``; the
+    order still comes from the sampler in this process, so a resume stays exact)."""
+    kwargs.setdefault("pin_memory", torch.cuda.is_available())
+    kwargs.setdefault("persistent_workers", kwargs.get("num_workers", 0) > 0)
     if shuffle:
         return ResumableLoader(dataset, batch_size=batch_size, **kwargs)
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, **kwargs)

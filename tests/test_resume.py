@@ -146,13 +146,15 @@ def test_killed_and_resubmitted_run_ends_as_the_uninterrupted_one(task, kill, un
     assert before < rec["wall_time_s"]["fit"] <= before + second_s
 
 
-def test_loader_resumes_after_any_batch():
+@pytest.mark.parametrize("workers", [0, 2])
+def test_loader_resumes_after_any_batch(workers):
     """A loader state saved after k batches of an epoch, loaded into a fresh loader: the rest of
-    that epoch is the same batches, and the next epoch is untouched."""
+    that epoch is the same batches, and the next epoch is untouched; with worker processes too
+    (kept across epochs, as GPU runs use them)."""
     ds = TensorDataset(torch.arange(23))
 
     def fresh():
-        return ResumableLoader(ds, batch_size=4, seed=7)
+        return ResumableLoader(ds, batch_size=4, seed=7, num_workers=workers, persistent_workers=workers > 0)
 
     def epoch(loader, e):
         loader.sampler.set_epoch(e)

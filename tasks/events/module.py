@@ -1,6 +1,8 @@
 """Lightning wrappers: the event datamodule and the THP+ training module."""
 from __future__ import annotations
 
+import functools
+
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
@@ -45,7 +47,7 @@ class EventDataModule(L.LightningDataModule):
             batch_size=self.batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
-            collate_fn=lambda idx: collate(seqs, idx),
+            collate_fn=functools.partial(collate, seqs),  # a partial, not a lambda: worker processes pickle it
             drop_last=False,
         )
 
