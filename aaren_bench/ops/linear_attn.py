@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from aaren_bench.ops.chunked import autocast_off
+from aaren_bench.ops.kernels import USED, kernel
 
 __all__ = [
     "LinearAttnState",
@@ -292,20 +293,14 @@ def _chunked_core(fq: Tensor, fk: Tensor, v1: Tensor, S1: Tensor, chunk: int) ->
 
 
 def _fla_available(t: Tensor) -> bool:
-    if not t.is_cuda:
-        return False
-    try:
-        import fla.ops.linear_attn  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return t.is_cuda and kernel("fla") is not None  # the import is tried once per process
 
 
 def _fla_chunk(fq: Tensor, fk: Tensor, v1: Tensor, S1: Tensor) -> tuple[Tensor, Tensor]:
     """The same [numerator, denominator] through fla's kernel: unnormalised linear attention of
     the features (scale 1) with the ones column carried in the values."""
-    from fla.ops.linear_attn import chunk_linear_attn
-
+    chunk_linear_attn = kernel("fla")
+    USED.add("fla")
     kw = dict(scale=1.0, initial_state=S1.contiguous(), output_final_state=True, normalize=False)
     if "head_first" in inspect.signature(chunk_linear_attn).parameters:
         kw["head_first"] = False

@@ -61,6 +61,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from aaren_bench.ops.chunked import autocast_off
+from aaren_bench.ops.kernels import USED, kernel
 
 __all__ = [
     "causal_conv1d",
@@ -302,20 +303,14 @@ def ssd_chunked(
 
 
 def _mamba_available(t: Tensor) -> bool:
-    if not t.is_cuda:
-        return False
-    try:
-        import mamba_ssm.ops.triton.ssd_combined  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return t.is_cuda and kernel("mamba_ssm") is not None  # the import is tried once per process
 
 
 def _mamba_chunk(x, dt, A, B, C, mask, chunk, h0, output_final_state):
     """The same function through mamba-ssm's Triton kernel (dt already positive; padded steps
     get dt = 0, i.e. a = 1 and no input, exactly as above)."""
-    from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
-
+    mamba_chunk_scan_combined = kernel("mamba_ssm")
+    USED.add("mamba_ssm")
     dtype = _acc_dtype(x.dtype)
     dt = dt.to(torch.float32)
     if mask is not None:
