@@ -160,6 +160,12 @@ def check_checkpoint_shapes(path: Path, module: torch.nn.Module) -> int:
     return int(ckpt.get("global_step", 0))
 
 
+def _kernels_record() -> dict:
+    from aaren_bench.ops.kernels import USED, available
+
+    return {name: {"imports": ok, "ran": name in USED} for name, (ok, _) in available().items()}
+
+
 class FiniteLoss(L.Callback):
     """Stop at the first non-finite training loss, naming its step, without a host read per step.
 
@@ -410,6 +416,7 @@ def _run(cfg: DictConfig, cell: Cell, overrides: list[str], run_dir: Path, debug
             "precision": str(cfg.trainer.get("precision")),
             # float32 matrix products as run: "high" is TF32 on a GPU that has it (10-bit mantissa)
             "matmul_precision": torch.get_float32_matmul_precision(),
+            "kernels": _kernels_record(),  # the optional CUDA kernels: which import, which ran
             "versions": versions(),
             "config": OmegaConf.to_container(cfg, resolve=True),
             "command": " ".join(sys.argv),
