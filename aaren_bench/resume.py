@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import random
 import time
 from collections.abc import Iterator
@@ -136,6 +137,18 @@ class ResumableLoader(DataLoader):
 
     def load_state_dict(self, state: dict) -> None:
         self._resume_at = {"epoch": int(state["epoch"]), "batches": int(state["batches"])}
+
+
+def loader_workers(cap: int = 8) -> int:
+    """Loader worker processes for this run (``task.num_workers: ${loader_workers:}``): none without
+    CUDA (on a CPU run the workers would take the cores the model computes on), else the CPUs the
+    job was given (``SLURM_CPUS_PER_TASK``, else this process's CPU affinity) less one for the
+    training process, at most ``cap``."""
+    if not torch.cuda.is_available():
+        return 0
+    cpus = os.environ.get("SLURM_CPUS_PER_TASK")
+    n = int(cpus) if cpus and cpus.isdigit() else len(os.sched_getaffinity(0))
+    return max(0, min(cap, n - 1))
 
 
 def resumable_loader(dataset, *, batch_size: int, shuffle: bool, **kwargs) -> DataLoader:

@@ -217,6 +217,16 @@ if not OmegaConf.has_resolver("cell_key"):
     OmegaConf.register_new_resolver("cell_key", _cell_key_resolver)
 
 
+def _loader_workers_resolver() -> int:
+    from aaren_bench.resume import loader_workers
+
+    return loader_workers()
+
+
+if not OmegaConf.has_resolver("loader_workers"):  # task.num_workers: ${loader_workers:} (GPU runs: the job's CPUs)
+    OmegaConf.register_new_resolver("loader_workers", _loader_workers_resolver)
+
+
 # --- the command line of train.py ---------------------------------------------------------
 
 def task_default_dataset(task: str, conf_dir: Path = CONF) -> str:

@@ -217,3 +217,16 @@ def test_run_state_counts_earlier_attempts():
     second.load_state_dict(state)
     second.setup(None, None, "fit")
     assert second.attempts == 2 and second.elapsed() >= state["elapsed_s"] >= 0.01
+
+
+def test_loader_workers_from_the_job_cpus(monkeypatch):
+    from aaren_bench.resume import loader_workers
+    from aaren_bench.study import compose_config
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert loader_workers() == 0 and compose_config(["task=events"]).task.num_workers == 0
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "6")
+    assert loader_workers() == 5 and compose_config(["task=classify"]).task.num_workers == 5
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "64")
+    assert loader_workers() == 8
