@@ -43,6 +43,11 @@ gradient there is charged, as NaN, to the score and value of the bad tokens of t
 and to nothing else (masked tokens keep gradient 0), so an optimizer step on a NaN loss is
 poisoned as visibly as the loss.
 
+All of this happens on the device, on every device, by selection: no host read (on a GPU a
+read is a sync and a compiled graph's break), and the same path for clean and bad input.
+Its cost on clean input is a few full-size elementwise passes (measured in
+docs/BENCHMARKS.md, section 4).
+
 Mixed precision. Every function turns autocast off inside and computes in float32
 (float64 stays float64) whatever the input dtype or autocast region, as autocast itself
 does for softmax and log-sum-exp; o comes back in v's dtype. Call backward after the
@@ -232,8 +237,8 @@ class _Spoil(torch.autograd.Function):
     def forward(ctx, t: Tensor, spoiled: Tensor, culprits: tuple[Tensor, ...], *sources: Tensor):
         ctx.spoiled, ctx.culprits = spoiled, culprits
         ctx.sources = [(x.shape, x.dtype, x.device) for x in sources]
-        # + NaN or + 0 per row: one broadcast add, the cheapest full pass (x + 0 is x exactly)
-        return t + _lead(torch.zeros_like(spoiled, dtype=t.dtype).masked_fill_(spoiled, NAN), t)
+        # + NaN or + (-0.0) per row: one broadcast add, the cheapest full pass (x + -0.0 is x, bit for bit)
+        return t + _lead(torch.full_like(spoiled, -0.0, dtype=t.dtype).masked_fill_(spoiled, NAN), t)
 
     @staticmethod
     @once_differentiable
