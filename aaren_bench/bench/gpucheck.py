@@ -50,8 +50,11 @@ def _row(part: str, item: str, value, unit: str = "", note: str = "") -> dict:
 
 def part_tests(device: torch.device) -> list[dict]:
     """``pytest -m gpu`` in a subprocess; the summary line's counts."""
-    out = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests"],
-                         capture_output=True, text=True, timeout=240)
+    try:
+        out = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests"],
+                             capture_output=True, text=True, timeout=240)
+    except subprocess.TimeoutExpired:
+        return [_row("tests", "pytest -m gpu", "FAIL", "", "did not finish in 240 s")]
     last = (out.stdout.strip().splitlines() or ["no output"])[-1]
     return [_row("tests", "pytest -m gpu", "pass" if out.returncode == 0 else "FAIL", "", last)]
 
