@@ -17,6 +17,7 @@ COMMANDS = {
     "tables": ("aaren_bench.tables", "rebuild the paper's tables from the result records"),
     "bench": ("aaren_bench.bench.suite", "run the efficiency suite (CSV, PNG plots, summary)"),
     "collect": ("tasks.rl.collect", "write a D4RL-layout HDF5 dataset from gymnasium rollouts"),
+    "gpu-check": ("aaren_bench.bench.gpucheck", "measure a GPU's costs: host reads, bf16 steps, compile, scan, kernels"),
 }
 
 

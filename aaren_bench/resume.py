@@ -141,9 +141,27 @@ class ResumableLoader(DataLoader):
         self._resume_at = {"epoch": int(state["epoch"]), "batches": int(state["batches"])}
 
 
+def loader_workers(cap: int = 8) -> int:
+    """Loader worker processes for this run (``task.num_workers: ${loader_workers:}``): none without
+    CUDA (on a CPU run the workers would take the cores the model computes on), else the CPUs the
+    job was given (``SLURM_CPUS_PER_TASK``, else this process's CPU affinity) less one for the
+    training process, at most ``cap``."""
+    if not torch.cuda.is_available():
+        return 0
+    cpus = os.environ.get("SLURM_CPUS_PER_TASK")
+    n = int(cpus) if cpus and cpus.isdigit() else len(os.sched_getaffinity(0))
+    return max(0, min(cap, n - 1))
+
+
 def resumable_loader(dataset, *, batch_size: int, shuffle: bool, **kwargs) -> DataLoader:
     """The loader of one split: a :class:`ResumableLoader` for training (``shuffle=True``), a plain
-    ``DataLoader`` in order for evaluation."""
+    ``DataLoader`` in order for evaluation.
+
+    For GPU runs: batches in pinned memory when CUDA is there (the copy to the device can overlap
+    compute), and worker processes kept across epochs when there are any (``num_workers``; the
+    order still comes from the sampler in this process, so a resume stays exact)."""
+    kwargs.setdefault("pin_memory", torch.cuda.is_available())
+    kwargs.setdefault("persistent_workers", kwargs.get("num_workers", 0) > 0)
     if shuffle:
         return ResumableLoader(dataset, batch_size=batch_size, **kwargs)
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, **kwargs)

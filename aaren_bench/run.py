@@ -109,17 +109,59 @@ def check_checkpoint_shapes(path: Path, module: torch.nn.Module) -> int:
     return int(ckpt.get("global_step", 0))
 
 
+def _kernels_record() -> dict:
+    from aaren_bench.ops.kernels import USED, available
+
+    return {name: {"imports": ok, "ran": name in USED} for name, (ok, _) in available().items()}
+
+
 class FiniteLoss(L.Callback):
-    """Stop at the first non-finite training loss, naming the step."""
+    """Stop at the first non-finite training loss, naming its step, without a host read per step.
+
+    The step and loss of the first non-finite loss are kept on the loss's device (``torch.where``
+    with the step as a kernel argument: no copy, no sync); the host reads them every ``every``
+    steps, at each epoch end, before every checkpoint is written (a diverged model is never
+    saved) and when training ends. On a GPU a read per step would stall it at every step.
+    """
+
+    def __init__(self, every: int = 50):
+        if every < 1:
+            raise ValueError(f"FiniteLoss(every={every}): read the flag every >= 1 steps")
+        self.every = every
+        self._first: tuple[torch.Tensor, torch.Tensor] | None = None  # (step, loss); step -1: none yet
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if loss is not None and not torch.isfinite(loss.detach()).all():
-            raise RunFailed(
-                f"training loss is {loss.detach().float().item()} at step {trainer.global_step} (epoch "
-                f"{trainer.current_epoch}, batch {batch_idx}); the run diverged. Lower task.optimizer.lr, "
-                f"check the data for extreme values, or clip gradients (task.grad_clip)."
-            )
+        if loss is None:
+            return
+        loss = loss.detach().float()
+        if self._first is None:
+            self._first = (torch.full((), -1, dtype=torch.long, device=loss.device), torch.zeros((), device=loss.device))
+        step, value = self._first
+        new = (step < 0) & ~torch.isfinite(loss).all()
+        self._first = (torch.where(new, trainer.global_step, step), torch.where(new, loss.reshape(-1)[0], value))
+        if trainer.global_step % self.every == 0:
+            self.check(trainer)
+
+    def check(self, trainer) -> None:
+        """Raise :class:`RunFailed` if a non-finite loss was seen (one host read)."""
+        if self._first is None or int(self._first[0]) < 0:
+            return
+        step, value = int(self._first[0]), float(self._first[1])
+        raise RunFailed(
+            f"training loss is {value} at step {step} (seen at step {trainer.global_step}, epoch "
+            f"{trainer.current_epoch}); the run diverged. Lower task.optimizer.lr, check the data for extreme "
+            f"values, or clip gradients (task.grad_clip)."
+        )
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.check(trainer)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        self.check(trainer)
+
+    def on_train_end(self, trainer, pl_module):
+        self.check(trainer)
 
 
 def make_callbacks(cfg: DictConfig, run_dir: Path, task: Task) -> list:
@@ -338,6 +380,9 @@ def _run(cfg: DictConfig, cell: Cell, overrides: list[str], run_dir: Path, debug
             "attempts": attempts,
             "device": str(trainer.strategy.root_device),
             "precision": str(cfg.trainer.get("precision")),
+            # float32 matrix products as run: "high" is TF32 on a GPU that has it (10-bit mantissa)
+            "matmul_precision": torch.get_float32_matmul_precision(),
+            "kernels": _kernels_record(),  # the optional CUDA kernels: which import, which ran
             "versions": versions(),
             "config": OmegaConf.to_container(cfg, resolve=True),
             "command": " ".join(sys.argv),

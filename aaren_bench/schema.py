@@ -131,7 +131,8 @@ TASKS: dict[str, dict] = {
 
 MODEL_COMMON = {"name": STR, "mixer": Choice(*MIXERS), **{k: v for k, v in BACKBONE.items()
                                                           if k not in ("causal", "attn_dropout", "qkv_bias",
-                                                                       "head_dropout")}}
+                                                                       "head_dropout")},
+                "compile": BOOL}
 CHUNK = POSITIVE
 MODELS: dict[str, dict] = {
     "aaren": {"scan_chunk": CHUNK, "causal": BOOL, "qkv_bias": BOOL, "head_dropout": FRACTION},

@@ -57,7 +57,7 @@ NEUTRAL_KEYS = (
     "seed", "model", "dataset", "task", "protocol", "tag", "trainer", "skip_done", "restart", "checkpoint_every_min",
     "matmul_precision", "trainer.accelerator", "trainer.devices", "trainer.precision", "trainer.strategy",
     "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.log_every_n_steps",
-    "trainer.deterministic", "task.num_workers", "task.eval_threads",
+    "trainer.deterministic", "task.num_workers", "task.eval_threads", "model.compile",
     "task.eval_batch",
 )
 # ... and everything below these.
@@ -240,6 +240,16 @@ def _cell_key_resolver(*, _root_) -> str:
 
 if not OmegaConf.has_resolver("cell_key"):
     OmegaConf.register_new_resolver("cell_key", _cell_key_resolver)
+
+
+def _loader_workers_resolver() -> int:
+    from aaren_bench.resume import loader_workers
+
+    return loader_workers()
+
+
+if not OmegaConf.has_resolver("loader_workers"):  # task.num_workers: ${loader_workers:} (GPU runs: the job's CPUs)
+    OmegaConf.register_new_resolver("loader_workers", _loader_workers_resolver)
 
 
 # --- the command line of train.py ---------------------------------------------------------

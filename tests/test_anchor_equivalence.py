@@ -8,7 +8,6 @@ difference. Weight names are mapped explicitly: a parameter left unmapped fails 
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -362,9 +361,16 @@ def _tpp_batch(fx: dict, tmp_path) -> dict:
 def test_equivalence_metatpp_thp_plus(tmp_path):
     """THP+ under protocol=metatpp: per-window event and survival log-likelihoods (with the
     window-end mark term), time and mark predictions, and Meta TPP's NLL, RMSE and accuracy."""
-    from tasks.events.likelihood import (Mixture, end_mark_ll, lognormal_mixture_log_prob,
-                                         lognormal_mixture_log_survival_metatpp, lognormal_mixture_mean,
-                                         metric_sums, sequence_scores, split_metrics)
+    from tasks.events.likelihood import (
+        Mixture,
+        end_mark_ll,
+        lognormal_mixture_log_prob,
+        lognormal_mixture_log_survival_metatpp,
+        lognormal_mixture_mean,
+        metric_sums,
+        sequence_scores,
+        split_metrics,
+    )
     from tasks.events.model import EventModel
 
     fx = fixture("metatpp")

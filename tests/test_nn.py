@@ -381,6 +381,7 @@ def test_bf16_autocast_runs(kind):
     torch.testing.assert_close(y.float(), model(x)[0], atol=0.1, rtol=0.1)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("kind", KINDS)
 def test_gpu_streaming_equals_parallel(kind):

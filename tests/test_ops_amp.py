@@ -184,3 +184,40 @@ def test_backbone_trains_under_cpu_bf16_autocast(kind, one_thread):
     # the last step's whole gradient: a couple of bf16 roundings (2^-8 each) through two
     # layers move it by about 1% (0.7-0.8% measured); 5% allowed
     assert (flat[1] - flat[0]).norm() <= 0.05 * flat[0].norm()
+
+
+# --------------------------------------------------------------------------------------
+# the chunked linear attention and SSD: float32 inside an autocast region too
+# --------------------------------------------------------------------------------------
+
+
+def _family_case(kind: str):
+    from aaren_bench.ops.linear_attn import linear_attn_chunked
+    from aaren_bench.ops.ssd import ssd_chunked
+
+    g = torch.Generator().manual_seed(3)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    mask = torch.ones(2, 40, dtype=torch.bool)
+    mask[1, 25:] = False
+    if kind == "linear_attn":
+        return partial(linear_attn_chunked, chunk=8), [r(2, 2, 40, 8), r(2, 2, 40, 8), r(2, 2, 40, 8)], mask
+    inputs = [r(2, 2, 40, 8), torch.rand(2, 2, 40, generator=g), -torch.rand(2, generator=g), r(2, 1, 40, 4), r(2, 1, 40, 4)]
+    return partial(ssd_chunked, chunk=8), inputs, mask
+
+
+@pytest.mark.parametrize("kind", ["linear_attn", "ssd"])
+def test_chunked_family_is_float32_under_bf16_autocast(kind):
+    """float32 inputs in a bf16 autocast region: exactly the float32 outputs and gradients (the
+    products used to read bf16 roundings: relative errors of about 4e-3)."""
+    fn, inputs, mask = _family_case(kind)
+    w = torch.randn(2, 2, 40, 8, generator=torch.Generator().manual_seed(4))
+    results = []
+    for amp in (False, True):
+        xs = [t.clone().requires_grad_() for t in inputs]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            y, _ = fn(*xs, mask=mask)
+        assert y.dtype == torch.float32
+        grads = torch.autograd.grad((y * w).sum(), xs)
+        results.append((y.detach(), *grads))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

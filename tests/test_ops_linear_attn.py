@@ -194,13 +194,18 @@ def test_bad_inputs_have_clear_errors():
         linear_attn_chunked(q, k, v, chunk=0)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_kernel_matches_torch_path():
     pytest.importorskip("fla")
     q, k, v, mask, state = make_inputs(2, 2, 200, 16, 16, dtype=torch.float32)
     q, k, v, mask = q.cuda(), k.cuda(), v.cuda(), mask.cuda()
     state = LinearAttnState(state.S.cuda(), state.z.cuda())
-    y1, s1 = linear_attn_chunked(q, k, v, mask, initial_state=state, output_final_state=True)
-    y2, s2 = linear_attn_chunked(q, k, v, mask, initial_state=state, output_final_state=True, use_kernel=True)
-    torch.testing.assert_close(y2, y1, atol=1e-3, rtol=1e-3)
-    torch.testing.assert_close(s2.S, s1.S, atol=1e-3, rtol=1e-3)
+    w = torch.randn(2, 2, 200, 16, device="cuda")
+    outs = []
+    for use_kernel in (False, True):
+        qkv = [t.clone().requires_grad_() for t in (q, k, v)]
+        y, s = linear_attn_chunked(*qkv, mask, initial_state=state, output_final_state=True, use_kernel=use_kernel)
+        outs.append((y, s.S, *torch.autograd.grad((y * w).sum(), qkv)))
+    for a, b in zip(*outs):  # outputs, final state, and the gradients of q, k, v
+        torch.testing.assert_close(b, a, atol=1e-3, rtol=1e-3)

@@ -281,11 +281,17 @@ def test_gated_rms_norm_is_norm_after_gate():
     torch.testing.assert_close(gated_rms_norm(y, z, w, 1e-5, group_size=4), ref_g, **TOL[torch.float64])
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_kernel_matches_torch_path():
     pytest.importorskip("mamba_ssm")
     x, dt, A, B, C, mask, h0 = (None if t is None else t.cuda() for t in make_inputs(2, 4, 1, 200, 16, 16, dtype=torch.float32))
-    y1, h1 = ssd_chunked(x, dt, A, B, C, mask, initial_state=h0, output_final_state=True)
-    y2, h2 = ssd_chunked(x, dt, A, B, C, mask, initial_state=h0, output_final_state=True, use_kernel=True)
-    torch.testing.assert_close(y2, y1, atol=1e-3, rtol=1e-3)
-    torch.testing.assert_close(h2, h1, atol=1e-3, rtol=1e-3)
+    w = torch.randn_like(x)
+    outs = []
+    for use_kernel in (False, True):
+        xs = [t.clone().requires_grad_() for t in (x, dt, B, C)]
+        y, h = ssd_chunked(xs[0], xs[1], A, xs[2], xs[3], mask, initial_state=h0, output_final_state=True,
+                           use_kernel=use_kernel)
+        outs.append((y, h, *torch.autograd.grad((y * w).sum(), xs)))
+    for a, b in zip(*outs):  # outputs, final state, and the gradients of x, dt, B, C
+        torch.testing.assert_close(b, a, atol=1e-3, rtol=1e-3)

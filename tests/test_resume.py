@@ -146,13 +146,15 @@ def test_killed_and_resubmitted_run_ends_as_the_uninterrupted_one(task, kill, un
     assert before < rec["wall_time_s"]["fit"] <= before + second_s
 
 
-def test_loader_resumes_after_any_batch():
+@pytest.mark.parametrize("workers", [0, 2])
+def test_loader_resumes_after_any_batch(workers):
     """A loader state saved after k batches of an epoch, loaded into a fresh loader: the rest of
-    that epoch is the same batches, and the next epoch is untouched."""
+    that epoch is the same batches, and the next epoch is untouched; with worker processes too
+    (kept across epochs, as GPU runs use them)."""
     ds = TensorDataset(torch.arange(23))
 
     def fresh():
-        return ResumableLoader(ds, batch_size=4, seed=7)
+        return ResumableLoader(ds, batch_size=4, seed=7, num_workers=workers, persistent_workers=workers > 0)
 
     def epoch(loader, e):
         loader.sampler.set_epoch(e)
@@ -215,3 +217,16 @@ def test_run_state_counts_earlier_attempts():
     second.load_state_dict(state)
     second.setup(None, None, "fit")
     assert second.attempts == 2 and second.elapsed() >= state["elapsed_s"] >= 0.01
+
+
+def test_loader_workers_from_the_job_cpus(monkeypatch):
+    from aaren_bench.resume import loader_workers
+    from aaren_bench.study import compose_config
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert loader_workers() == 0 and compose_config(["task=events"]).task.num_workers == 0
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "6")
+    assert loader_workers() == 5 and compose_config(["task=classify"]).task.num_workers == 5
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "64")
+    assert loader_workers() == 8

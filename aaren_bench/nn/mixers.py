@@ -217,7 +217,9 @@ class SelfAttention(_Projections):
             k, v = torch.cat([k0.to(k.dtype), k], 2), torch.cat([v0.to(v.dtype), v], 2)  # (B, H, P + N, Dh)
             valid = torch.cat([valid0, valid], 1)  # (B, P + N)
         P = k.shape[2] - N  # tokens of history
-        if P == 0 and (mask is None or bool(mask.all())):  # no history, no padding: the fused causal path
+        # a mask, even one without padding, takes the masked path: telling the two apart would read
+        # the mask on the host, a stall per layer on a GPU
+        if P == 0 and mask is None:  # no history, no mask: the fused causal path
             o = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self._p())
         else:
             # query i (absolute position P + i) sees keys j <= P + i that are valid
@@ -235,7 +237,7 @@ class SelfAttention(_Projections):
 
     def _bidirectional(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
         """(B, H, N, Dh) x3 -> (B, H, N, Dh): every query over every valid key."""
-        if mask is None or bool(mask.all()):
+        if mask is None:  # (a mask is never read on the host: see forward)
             return F.scaled_dot_product_attention(q, k, v, dropout_p=self._p())
         valid = mask.bool()  # (B, N)
         seen = valid.any(-1)  # (B,): a sequence with no valid token outputs 0

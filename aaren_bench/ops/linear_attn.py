@@ -43,12 +43,16 @@ otherwise).
 """
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from aaren_bench.ops.chunked import autocast_off
+from aaren_bench.ops.kernels import USED, kernel
 
 __all__ = [
     "LinearAttnState",
@@ -83,6 +87,21 @@ def feature_map(x: Tensor) -> Tensor:
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _float32_inside(fn):
+    """Run ``fn`` with autocast off: its products read the float32 copies of the inputs and
+    accumulate in float32, as the module docstring says (under autocast they would read
+    bfloat16 roundings: a relative error of 4e-3 measured on the chunked forms). The output
+    still comes back in the input's dtype. Backward runs after the autocast region (as Lightning
+    runs it), so it computes in float32 too."""
+
+    @functools.wraps(fn)
+    def inner(*args, **kwargs):
+        with autocast_off(args[0]):
+            return fn(*args, **kwargs)
+
+    return inner
 
 
 def linear_attn_init_state(batch: int, heads: int, dk: int, dv: int, device=None, dtype=torch.float32) -> LinearAttnState:
@@ -137,6 +156,7 @@ def _state_or_zeros(state: LinearAttnState | None, B, H, Dk, Dv, device, dtype) 
 # --------------------------------------------------------------------------------------
 
 
+@_float32_inside
 def linear_attn_step(
     q_t: Tensor, k_t: Tensor, v_t: Tensor, state: LinearAttnState, mask_t: Tensor | None = None
 ) -> tuple[Tensor, LinearAttnState]:
@@ -160,6 +180,7 @@ def linear_attn_step(
 # --------------------------------------------------------------------------------------
 
 
+@_float32_inside
 def linear_attn_reference(
     q: Tensor,
     k: Tensor,
@@ -181,6 +202,7 @@ def linear_attn_reference(
     return y, (state if output_final_state else None)
 
 
+@_float32_inside
 def linear_attn_naive(
     q: Tensor,
     k: Tensor,
@@ -210,6 +232,7 @@ def linear_attn_naive(
 # --------------------------------------------------------------------------------------
 
 
+@_float32_inside
 def linear_attn_chunked(
     q: Tensor,
     k: Tensor,
@@ -270,20 +293,14 @@ def _chunked_core(fq: Tensor, fk: Tensor, v1: Tensor, S1: Tensor, chunk: int) ->
 
 
 def _fla_available(t: Tensor) -> bool:
-    if not t.is_cuda:
-        return False
-    try:
-        import fla.ops.linear_attn  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return t.is_cuda and kernel("fla") is not None  # the import is tried once per process
 
 
 def _fla_chunk(fq: Tensor, fk: Tensor, v1: Tensor, S1: Tensor) -> tuple[Tensor, Tensor]:
     """The same [numerator, denominator] through fla's kernel: unnormalised linear attention of
     the features (scale 1) with the ones column carried in the values."""
-    from fla.ops.linear_attn import chunk_linear_attn
-
+    chunk_linear_attn = kernel("fla")
+    USED.add("fla")
     kw = dict(scale=1.0, initial_state=S1.contiguous(), output_final_state=True, normalize=False)
     if "head_first" in inspect.signature(chunk_linear_attn).parameters:
         kw["head_first"] = False

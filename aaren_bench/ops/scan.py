@@ -43,6 +43,11 @@ gradient there is charged, as NaN, to the score and value of the bad tokens of t
 and to nothing else (masked tokens keep gradient 0), so an optimizer step on a NaN loss is
 poisoned as visibly as the loss.
 
+All of this happens on the device, on every device, by selection: no host read (on a GPU a
+read is a sync and a compiled graph's break), and the same path for clean and bad input.
+Its cost on clean input is a few full-size elementwise passes (measured in
+docs/BENCHMARKS.md, section 4).
+
 Mixed precision. Every function turns autocast off inside and computes in float32
 (float64 stays float64) whatever the input dtype or autocast region, as autocast itself
 does for softmax and log-sum-exp; o comes back in v's dtype. Call backward after the
@@ -155,38 +160,32 @@ def _empty_result(s: Tensor, v: Tensor, return_state: bool, initial_state: ScanS
 # --------------------------------------------------------------------------------------
 
 
-def _may_have(flags: Tensor) -> bool:
-    """Whether any flag may be set. On the CPU this looks (cheap, and it saves a full pass
-    over the values when none is); on an accelerator it says True without looking: looking
-    costs a host sync there, the pass it would save almost nothing."""
-    return flags.device.type != "cpu" or bool(flags.any())
-
-
 def _lead(mask: Tensor, like: Tensor) -> Tensor:
     """``mask`` over the leading dims of ``like``, viewed to broadcast over the rest."""
     return mask.view(*mask.shape, *([1] * (like.dim() - mask.dim())))
 
 
 def _finite_rows(v: Tensor) -> Tensor:
-    """(..., D) -> (...): whether every value of the row is finite.
+    """(..., D) -> (...): whether every value of the row is finite, decided on the device.
 
-    NaN and +-inf survive a sum, so a finite row sum proves a finite row: one cheap
-    reduction decides on the CPU. Only when some sum is not finite (a NaN or inf, or a sum
-    of huge finite values that overflowed) does the exact test (max and min) run.
+    NaN and +-inf survive a sum, so a row is finite exactly when its sum is, provided no sum
+    of finite values can overflow: every value is scaled by 2^-32 first, inside one
+    matrix-vector product (a read of v, no copy), which keeps a sum of up to 2^24 values of
+    float32's range finite (2^-32 is exact; what it sends below the smallest normal number
+    stays finite). float64 rows are tested value by value.
     """
     if not v.shape[-1]:
         return torch.ones(v.shape[:-1], dtype=torch.bool, device=v.device)
-    ok = torch.isfinite(v.sum(-1))
-    if _may_have(~ok):
-        ok = torch.isfinite(v.amax(-1)) & torch.isfinite(v.amin(-1))
-    return ok
+    if v.dtype == torch.float64:
+        return torch.isfinite(v).all(-1)
+    return torch.isfinite(v @ v.new_full((v.shape[-1],), 2.0**-32))
 
 
 class _Clean(NamedTuple):
     s: Tensor  # (B, H, N) scores; -inf at every token that takes no part, bad ones included
     v: Tensor  # (B, H, N, D) values, finite everywhere
     start: ScanState | None  # the initial state; the empty one where it was spoiled
-    spoiled: Tensor | None  # (B, H, N) at or after a bad token; None: nowhere (known on the CPU)
+    spoiled: Tensor  # (B, H, N) at or after a bad token
     blame: list[tuple[Tensor, Tensor]]  # (culprits, source) pairs for _spoil
 
 
@@ -210,23 +209,19 @@ def _clean(
         out = out | ~(mask[:, None, :] if mask.dim() == 2 else mask)
     bad = ~out & ~(torch.isfinite(s) & v_finite)
     s = s.masked_fill(out | bad, NEG_INF)
-    if _may_have(~v_finite):
-        v = v.masked_fill(~v_finite[..., None], 0.0)
-    spoiled, blame = None, []
-    if _may_have(bad):
-        spoiled = bad.cumsum(-1) > 0
-        blame += [(bad, s_in), (bad, v_in)]
+    v = torch.where(v_finite[..., None], v, 0.0)
+    spoiled = bad.cumsum(-1) > 0
+    blame = [(bad, s_in), (bad, v_in)]
     if start is not None:
         given, start = start, ScanState(*(t.to(dtype) for t in start))
         spent = torch.isnan(start.m)  # (B, H): a spoiled state is NaN
-        if _may_have(spent):
-            start = ScanState(
-                start.m.masked_fill(spent, NEG_INF),
-                start.c.masked_fill(spent, 0.0),
-                start.a.masked_fill(spent[..., None], 0.0),
-            )
-            spoiled = spent[..., None].expand_as(s) if spoiled is None else spoiled | spent[..., None]
-            blame += [(spent, t) for t in given]
+        start = ScanState(
+            start.m.masked_fill(spent, NEG_INF),
+            start.c.masked_fill(spent, 0.0),
+            start.a.masked_fill(spent[..., None], 0.0),
+        )
+        spoiled = spoiled | spent[..., None]
+        blame += [(spent, t) for t in given]
     return _Clean(s, v, start, spoiled, blame)
 
 
@@ -242,13 +237,17 @@ class _Spoil(torch.autograd.Function):
     def forward(ctx, t: Tensor, spoiled: Tensor, culprits: tuple[Tensor, ...], *sources: Tensor):
         ctx.spoiled, ctx.culprits = spoiled, culprits
         ctx.sources = [(x.shape, x.dtype, x.device) for x in sources]
-        return t.masked_fill(_lead(spoiled, t), NAN)
+        # + NaN or + (-0.0) per row: one broadcast add, the cheapest full pass (x + -0.0 is x, bit for bit)
+        return t + _lead(torch.full_like(spoiled, -0.0, dtype=t.dtype).masked_fill_(spoiled, NAN), t)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g: Tensor):
         spoiled = _lead(ctx.spoiled, g)
-        hit = ((g != 0) & spoiled).reshape(*g.shape[:2], -1).any(-1)  # (B, H)
+        # rows with a nonzero entry: |g| sums to 0 only when every entry is 0 (no cancellation)
+        flat = g.reshape(*ctx.spoiled.shape, -1).abs()
+        nonzero = (flat @ flat.new_ones(flat.shape[-1])) != 0  # over t's leading dims
+        hit = (nonzero & ctx.spoiled).reshape(*g.shape[:2], -1).any(-1)  # (B, H)
         grads = []
         for culprit, (shape, dtype, device), need in zip(ctx.culprits, ctx.sources, ctx.needs_input_grad[3:]):
             if not need:
@@ -257,13 +256,11 @@ class _Spoil(torch.autograd.Function):
             charge = culprit & _lead(hit, culprit)
             nan_at = torch.zeros(charge.shape, dtype=dtype, device=device).masked_fill_(charge, NAN)
             grads.append(nan_at.view(*charge.shape, *([1] * (len(shape) - charge.dim()))).expand(shape))
-        return (g.masked_fill(spoiled, 0.0), None, None, *grads)
+        return (torch.where(spoiled, 0.0, g), None, None, *grads)
 
 
-def _spoil(t: Tensor, spoiled: Tensor | None, blame: list[tuple[Tensor, Tensor]]) -> Tensor:
+def _spoil(t: Tensor, spoiled: Tensor, blame: list[tuple[Tensor, Tensor]]) -> Tensor:
     """NaN over the spoiled rows of t; their gradient charged to ``blame``'s (culprits, source)."""
-    if spoiled is None:
-        return t
     return _Spoil.apply(t, spoiled, tuple(c for c, _ in blame), *(x for _, x in blame))
 
 
@@ -272,9 +269,8 @@ def _finish(o: Tensor, state: ScanState | None, cl: _Clean, dtype: torch.dtype):
     o = _spoil(o, cl.spoiled, cl.blame).to(dtype)
     if state is None:
         return o
-    if cl.spoiled is not None:
-        last = cl.spoiled[..., -1]  # (B, H)
-        state = ScanState(*(_spoil(t, last, cl.blame) for t in state))
+    last = cl.spoiled[..., -1]  # (B, H)
+    state = ScanState(*(_spoil(t, last, cl.blame) for t in state))
     return o, state
 
 
@@ -328,10 +324,9 @@ def scan_step(
         mask = None if mask_t is None else mask_t[..., None]  # (B, 1) or (B, H, 1): N = 1
         cl = _clean(s_t[..., None], v_t[..., None, :], mask, state.m.dtype, start=state)
         o, new = _advance(cl.s[..., 0], cl.v[..., 0, :], cl.start)
-        if cl.spoiled is not None:
-            spoiled = cl.spoiled[..., 0]  # (B, H)
-            o = _spoil(o, spoiled, cl.blame)
-            new = ScanState(*(_spoil(t, spoiled, cl.blame) for t in new))
+        spoiled = cl.spoiled[..., 0]  # (B, H)
+        o = _spoil(o, spoiled, cl.blame)
+        new = ScanState(*(_spoil(t, spoiled, cl.blame) for t in new))
     return o.to(v_t.dtype), new
 
 

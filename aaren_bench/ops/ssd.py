@@ -35,8 +35,10 @@ Four forms of the same function:
       h_{j+1} = exp(sum_{r in block} log a_r) h_j  +  sum_s exp(seg_{last,s}) dt_s x_s B_s^T
 
   (seg = :func:`segsum` of the block's log a, every sum over at most C terms). Inside a block:
-  C x C matrix products; between blocks: J steps of the recurrence on the (P, S) state.
-  O(N C (P + S) + N P S) work, O(N C + (N / C) P S) memory: linear in N.
+  C x C matrix products; between blocks: the recurrence unrolled as one more segment sum, over
+  the J block decays, h_j = sum_{i<=j} exp(sum_{i<k<j} log A_k) own_i (a (J+1) x (J+1) matrix
+  applied to the stacked states), so the number of operations does not grow with N.
+  O(N C (P + S) + J^2 P S) work, O(N C + J^2 + J P S) memory.
 - :func:`ssd_step`: one step on the explicit state (streaming).
 
 Mamba-2's short causal convolution lives here too (:func:`causal_conv1d`,
@@ -52,9 +54,14 @@ Optional fast path: ``ssd_chunked(..., use_kernel=True)`` calls mamba-ssm's
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from aaren_bench.ops.chunked import autocast_off
+from aaren_bench.ops.kernels import USED, kernel
 
 __all__ = [
     "causal_conv1d",
@@ -71,6 +78,21 @@ __all__ = [
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _float32_inside(fn):
+    """Run ``fn`` with autocast off: its products read the float32 copies of the inputs and
+    accumulate in float32, as the module docstring says (under autocast they would read
+    bfloat16 roundings: a relative error of 4e-3 measured on the chunked forms). The output
+    still comes back in the input's dtype. Backward runs after the autocast region (as Lightning
+    runs it), so it computes in float32 too."""
+
+    @functools.wraps(fn)
+    def inner(*args, **kwargs):
+        with autocast_off(args[0]):
+            return fn(*args, **kwargs)
+
+    return inner
 
 
 def segsum(log_a: Tensor) -> Tensor:
@@ -134,6 +156,7 @@ def _initial(state: Tensor | None, x: Tensor, d_state: int, dtype: torch.dtype) 
 # --------------------------------------------------------------------------------------
 
 
+@_float32_inside
 def ssd_step(
     x_t: Tensor, dt_t: Tensor, A: Tensor, B_t: Tensor, C_t: Tensor, state: Tensor, mask_t: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
@@ -154,6 +177,7 @@ def ssd_step(
 # --------------------------------------------------------------------------------------
 
 
+@_float32_inside
 def ssd_reference(
     x: Tensor,
     dt: Tensor,
@@ -179,6 +203,7 @@ def ssd_reference(
     return y, (h if output_final_state else None)
 
 
+@_float32_inside
 def ssd_naive(
     x: Tensor,
     dt: Tensor,
@@ -213,6 +238,7 @@ def ssd_naive(
 # --------------------------------------------------------------------------------------
 
 
+@_float32_inside
 def ssd_chunked(
     x: Tensor,
     dt: Tensor,
@@ -259,17 +285,16 @@ def ssd_chunked(
     # what each block adds to the state by its end, and how much it decays what came before
     own = torch.einsum("bhjs,bhjsp,bhjsn->bhjpn", L[..., -1, :], xd, Bh)  # (b, H, J, P, S)
     from_start = torch.cumsum(log_a, dim=-1)  # (b, H, J, C): sum_{r<=t} log a_r within the block
-    block_decay = torch.exp(from_start[..., -1])  # (b, H, J)
 
-    # between blocks: the recurrence on the state entering each block
+    # between blocks: the state entering each block, h_in[z] = sum_{c<=z} decay(c..z) states[c], from
+    # one segment sum over the blocks' total log-decays (the same masked cumulative sums as inside a
+    # block): a fixed number of operations whatever N, no Python loop over the blocks
     if h is None:
         h = own.new_zeros(b, H, P, S)
-    entering = []
-    # unbind once: indexing [:, :, j] in the loop would give each block a full-size gradient buffer
-    for decay_j, own_j in zip(block_decay.unbind(2), own.unbind(2)):
-        entering.append(h)
-        h = decay_j[:, :, None, None] * h + own_j
-    h_in = torch.stack(entering, dim=2)  # (b, H, J, P, S)
+    states = torch.cat([h[:, :, None], own], dim=2)  # (b, H, J + 1, P, S): the initial state, then each block's
+    between = torch.exp(segsum(F.pad(from_start[..., -1], (1, 0))))  # (b, H, J + 1, J + 1)
+    h_all = torch.einsum("bhzc,bhcpn->bhzpn", between, states)  # (b, H, J + 1, P, S)
+    h_in, h = h_all[:, :, :-1], h_all[:, :, -1]  # entering each block; after the last
     y = y + torch.exp(from_start)[..., None] * torch.einsum("bhjtn,bhjpn->bhjtp", Ch, h_in)
 
     y = y.view(b, H, J * Cn, P)[:, :, :N]
@@ -277,20 +302,14 @@ def ssd_chunked(
 
 
 def _mamba_available(t: Tensor) -> bool:
-    if not t.is_cuda:
-        return False
-    try:
-        import mamba_ssm.ops.triton.ssd_combined  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return t.is_cuda and kernel("mamba_ssm") is not None  # the import is tried once per process
 
 
 def _mamba_chunk(x, dt, A, B, C, mask, chunk, h0, output_final_state):
     """The same function through mamba-ssm's Triton kernel (dt already positive; padded steps
     get dt = 0, i.e. a = 1 and no input, exactly as above)."""
-    from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
-
+    mamba_chunk_scan_combined = kernel("mamba_ssm")
+    USED.add("mamba_ssm")
     dtype = _acc_dtype(x.dtype)
     dt = dt.to(torch.float32)
     if mask is not None:

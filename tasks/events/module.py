@@ -1,6 +1,8 @@
 """Lightning wrappers: the event datamodule and the THP+ training module."""
 from __future__ import annotations
 
+import functools
+
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
@@ -46,7 +48,7 @@ class EventDataModule(L.LightningDataModule):
             batch_size=self.batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
-            collate_fn=lambda idx: collate(seqs, idx),
+            collate_fn=functools.partial(collate, seqs),  # a partial, not a lambda: worker processes pickle it
             drop_last=False,
         )
 
@@ -102,8 +104,9 @@ class EventModule(L.LightningModule):
         loss = nll_sum / n if self.loss_reduction == "mean" else nll_sum
         if self.l2:
             loss = loss + self.l2_penalty()
-        self.log("train/nll", nll_sum.detach() / n, on_step=True, on_epoch=True, prog_bar=True, batch_size=int(n))
-        self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, batch_size=int(n))
+        # batch_size as a device tensor: the epoch mean is weighted by events without reading n on the host
+        self.log("train/nll", nll_sum.detach() / n, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
+        self.log("train/loss", loss.detach(), on_step=True, on_epoch=True, batch_size=n)
         return loss
 
     def _accumulate(self, stage: str, batch):

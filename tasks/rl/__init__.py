@@ -42,6 +42,7 @@ class RLTask(Task):
         model = DecisionModel(backbone, dm.obs_dim, dm.act_dim, int(cfg.task.max_timestep),
                               embed_dropout=float(cfg.task.get("embed_dropout", 0.0)))
         model.set_state_stats(dm.stats)
+        model.check_horizon(dm.longest_episode)
         return DecisionModule(model, optimizer, Evaluation.from_cfg(cfg), warmup_steps=int(cfg.task.warmup_steps))
 
     def record_extras(self, cfg, datamodule: RLDataModule, module: DecisionModule) -> dict:

@@ -50,6 +50,7 @@ class Agent:
 
     def reset(self, n: int) -> None:
         dev, S, A = self.device, self.model.obs_dim, self.model.act_dim
+        self.model.check_horizon(self.max_len)
         self.n, self.t = n, 0
         self.rtg = torch.full((n,), self.target / self.scale, device=dev)  # scaled R_t (n,)
         self.step_seconds, self.step_cpu_seconds = [], []

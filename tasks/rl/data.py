@@ -212,6 +212,11 @@ class RLDataModule(L.LightningDataModule):
         log.info("%s: %d transitions, %d trajectories (length %d-%d), obs %d, act %d", path.name,
                  lengths.sum(), len(lengths), lengths.min(), lengths.max(), self.obs_dim, self.act_dim)
 
+    @property
+    def longest_episode(self) -> int:
+        """Steps of the longest trajectory (its time steps must fit the model's embedding)."""
+        return max(len(t) for t in self.trajs)
+
     def setup(self, stage: str | None = None) -> None:
         self.prepare()
 

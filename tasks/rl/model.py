@@ -51,11 +51,14 @@ class DecisionModel(nn.Module):
         """Raw observations (..., S) -> the model's inputs, as in training: constant columns are 0."""
         return (states - self.state_mean) / self.state_std * self.state_keep
 
-    def _check_time(self, timesteps: Tensor) -> None:
-        if int(timesteps.max()) >= self.max_timestep:
+    def check_horizon(self, steps: int) -> None:
+        """Refuse episodes of more than ``max_timestep`` steps (time steps 0..steps-1 must have an
+        embedding). Checked where the length is known on the host (the data's longest trajectory,
+        the acting horizon), never on a batch: reading a device tensor would stall a GPU at every step."""
+        if steps > self.max_timestep:
             raise ValueError(
-                f"episode time step {int(timesteps.max())} exceeds the timestep embedding ({self.max_timestep}); "
-                f"raise task.max_timestep"
+                f"episodes of {steps} steps need time steps up to {steps - 1}, beyond the timestep embedding "
+                f"({self.max_timestep}); raise task.max_timestep"
             )
 
     def embed(self, kind: str, value: Tensor, timesteps: Tensor) -> Tensor:
@@ -67,9 +70,8 @@ class DecisionModel(nn.Module):
         """Predicted actions (B, T, A) from a window.
 
         states (B, T, S) already normalised; actions (B, T, A); rtg (B, T) already scaled;
-        timesteps (B, T) long; mask (B, T) True at valid steps.
+        timesteps (B, T) long, below ``max_timestep`` (see :meth:`check_horizon`); mask (B, T) True at valid steps.
         """
-        self._check_time(timesteps)
         tokens = interleave(
             self.embed("rtg", rtg.unsqueeze(-1), timesteps),
             self.embed("state", states, timesteps),
@@ -85,7 +87,6 @@ class DecisionModel(nn.Module):
 
     def act_step(self, state, rtg_t: Tensor, s_t: Tensor, t: Tensor):
         """Feed R_t then s_t; rtg_t (B,) scaled, s_t (B, S) normalised, t (B,) long -> (a_t (B, A), state)."""
-        self._check_time(t)
         _, state = self.backbone.step(self.embed("rtg", rtg_t.unsqueeze(-1), t), state)
         h, state = self.backbone.step(self.embed("state", s_t, t), state)
         return self.head(h), state

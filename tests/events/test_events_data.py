@@ -206,3 +206,23 @@ def test_easytpp_json_bad_records(tmp_path):
     p.write_text(json.dumps([{"time_since_start": [1.0, 2.0], "type_event": [0, 5], "dim_process": 3}]))
     with pytest.raises(EventDataError, match="outside the declared range"):
         load_easytpp_json(p)
+
+
+def test_loaders_pickle_for_worker_processes():
+    """The collate is a partial of a module-level function, so worker processes can receive it,
+    and a loader with workers gives the batches of one without."""
+    import pickle
+
+    import torch
+
+    from tasks.events.module import EventDataModule
+    from tasks.events.synthetic import generate_sin
+
+    seqs = generate_sin(n_seqs=12, t_end=20.0, seed=0)
+    dm = EventDataModule({"train": seqs, "val": seqs, "test": seqs}, batch_size=4, num_workers=0)
+    loader = dm.val_dataloader()
+    pickle.dumps(loader.collate_fn)
+    dm.num_workers = 2
+    with_workers = list(dm.val_dataloader())
+    for a, b in zip(loader, with_workers, strict=True):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

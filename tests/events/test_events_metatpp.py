@@ -13,8 +13,7 @@ from aaren_bench.run import build, make_callbacks, train
 from aaren_bench.study import compose_config
 from tasks.events.data import EventSeqs, collate
 from tasks.events.formats import save_meta_tpp_npz
-from tasks.events.likelihood import (Mixture, end_mark_ll, lognormal_mixture_mean, metric_sums, sequence_scores,
-                                     split_metrics)
+from tasks.events.likelihood import Mixture, end_mark_ll, lognormal_mixture_mean, metric_sums, sequence_scores, split_metrics
 from tasks.events.model import EventModel
 from tasks.events.module import EventModule
 

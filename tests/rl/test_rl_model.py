@@ -168,9 +168,14 @@ def test_aaren_stream_state_is_constant_size():
 
 
 def test_timestep_beyond_embedding_is_a_clear_error():
-    m = small_model("aaren")
+    """Checked on the host where the horizon is known (acting, the data), not per batch."""
+    m = small_model("aaren")  # max_timestep 64
+    m.check_horizon(64)
     with pytest.raises(ValueError, match="max_timestep"):
-        m(torch.zeros(1, 2, S), torch.zeros(1, 2, A), torch.zeros(1, 2), torch.tensor([[63, 64]]))
+        m.check_horizon(65)
+    with pytest.raises(ValueError, match="max_timestep"):
+        Agent(m, 0.0, 1.0, 4, "stream", max_ep_len=65).reset(1)
+    Agent(m, 0.0, 1.0, 4, "stream", max_ep_len=64).reset(1)
 
 
 def test_bad_acting_mode():

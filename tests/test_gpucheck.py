@@ -1,0 +1,25 @@
+"""`aaren-bench gpu-check` without CUDA: says so, runs CPU parts, writes its CSV, exits 0."""
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+
+from aaren_bench.cli import main
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the behaviour without CUDA")
+def test_gpu_check_on_cpu(tmp_path, capsys):
+    assert main(["gpu-check", "--out", str(tmp_path), "--parts", "ops,kernels"]) == 0
+    out = capsys.readouterr().out
+    assert "no CUDA device here" in out and any(line.startswith("part ") for line in out.splitlines())
+    rows = list(csv.DictReader(open(tmp_path / "gpu_check.csv")))
+    ops = {r["item"]: int(r["value"]) for r in rows if r["part"] == "ops"}
+    assert ops["mamba2 N=1024"] == ops["mamba2 N=16384"]  # flat in N
+    assert {r["item"] for r in rows if r["part"] == "kernels"} == {"fla", "mamba_ssm"}
+
+
+def test_gpu_check_refuses_unknown_parts(tmp_path):
+    with pytest.raises(SystemExit, match="unknown part"):
+        main(["gpu-check", "--out", str(tmp_path), "--parts", "warp"])
