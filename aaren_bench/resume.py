@@ -102,10 +102,18 @@ class ResumableLoader(DataLoader):
     depend on the epoch only: :class:`EpochShuffle` by default (``shuffle``, ``seed``), or any
     sampler with ``set_epoch``. The loader draws worker seeds from its own generator, never from
     torch's global one (an iterator of a plain DataLoader takes one number from it).
+
+    ``batch_size`` is the global batch; ``world=(rank, world size)`` makes this process's loader
+    hand out its ``batch_size / world size`` share of every global batch of the one order
+    (:class:`aaren_bench.distributed.GlobalBatchShare`), so the saved batch count means the same
+    on any number of processes.
     """
 
     def __init__(self, dataset, *, batch_size: int = 1, shuffle: bool = True, seed: int | None = None,
-                 sampler: Sampler | None = None, generator: torch.Generator | None = None, **kwargs):
+                 sampler: Sampler | None = None, generator: torch.Generator | None = None,
+                 world: tuple[int, int] = (0, 1), **kwargs):
+        from aaren_bench.distributed import GlobalBatchShare
+
         seed = run_seed() if seed is None else int(seed)
         if sampler is None:
             sampler = EpochShuffle(len(dataset), seed, shuffle)
@@ -113,6 +121,10 @@ class ResumableLoader(DataLoader):
             generator = torch.Generator().manual_seed(seed)
         if kwargs.get("batch_sampler") is not None:
             raise ValueError("ResumableLoader batches its sampler itself; pass sampler= and batch_size=, not batch_sampler=")
+        rank, size = world
+        if size > 1:
+            sampler = GlobalBatchShare(sampler, batch_size, rank, size)
+            batch_size = sampler.share
         super().__init__(dataset, batch_size=batch_size, sampler=_Skipping(sampler), generator=generator, **kwargs)
         self._pass_epoch, self._handed_out, self._resume_at = 0, 0, None
 
@@ -138,12 +150,16 @@ class ResumableLoader(DataLoader):
         self._resume_at = {"epoch": int(state["epoch"]), "batches": int(state["batches"])}
 
 
-def resumable_loader(dataset, *, batch_size: int, shuffle: bool, **kwargs) -> DataLoader:
-    """The loader of one split: a :class:`ResumableLoader` for training (``shuffle=True``), a plain
-    ``DataLoader`` in order for evaluation."""
+def resumable_loader(dataset, *, batch_size: int, shuffle: bool, world: tuple[int, int] = (0, 1),
+                     **kwargs) -> DataLoader:
+    """The loader of one split on process ``world = (rank, world size)``: a :class:`ResumableLoader`
+    for training (``shuffle=True``; its share of each global batch), an evaluation loader in order
+    otherwise (its share of the samples, none repeated: :func:`aaren_bench.distributed.eval_loader`)."""
+    from aaren_bench.distributed import eval_loader
+
     if shuffle:
-        return ResumableLoader(dataset, batch_size=batch_size, **kwargs)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, **kwargs)
+        return ResumableLoader(dataset, batch_size=batch_size, world=world, **kwargs)
+    return eval_loader(dataset, batch_size=batch_size, rank=world[0], world=world[1], **kwargs)
 
 
 # --- random number generators ---------------------------------------------------------------

@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from aaren_bench.data.checks import F32_MAX, F32_SQUARE_MAX, beyond, refetch_hint
+from aaren_bench.distributed import process_share
 from aaren_bench.errors import DataError
 from aaren_bench.resume import resumable_loader
 
@@ -256,8 +257,10 @@ class UEADataModule(L.LightningDataModule):
 
     def _loader(self, ds, shuffle: bool) -> DataLoader:
         # training: an order drawn from (seed, epoch) that a resumed run continues mid-epoch
+        # under several processes: this one's share of each global batch / of the evaluated series
         return resumable_loader(ds, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                                drop_last=False, persistent_workers=self.num_workers > 0)
+                                drop_last=False, persistent_workers=self.num_workers > 0,
+                                world=process_share(self.trainer))
 
     def train_dataloader(self):
         return self._loader(self.train_set, True)

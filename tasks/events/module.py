@@ -5,6 +5,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from aaren_bench.distributed import process_share
 from aaren_bench.resume import resumable_loader
 from tasks.events.data import EventSeqs, collate
 from tasks.events.likelihood import (
@@ -47,6 +48,7 @@ class EventDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             collate_fn=lambda idx: collate(seqs, idx),
             drop_last=False,
+            world=process_share(self.trainer),  # this process's share of each global batch / of the sequences
         )
 
     def train_dataloader(self):

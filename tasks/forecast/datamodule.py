@@ -7,6 +7,7 @@ from pathlib import Path
 import lightning as L
 from torch.utils.data import DataLoader
 
+from aaren_bench.distributed import process_share
 from aaren_bench.resume import resumable_loader
 from tasks.forecast.frame import FREQ_FEATURES, read_series, time_features
 from tasks.forecast.windows import Scaler, WindowDataset, split_borders
@@ -80,6 +81,7 @@ class ForecastDataModule(L.LightningDataModule):
             drop_last=bool(self.drop_last.get(part, False)),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            world=process_share(self.trainer),  # this process's share of each global batch / of the windows
         )
 
     def train_dataloader(self) -> DataLoader:
