@@ -8,13 +8,8 @@ from torch.utils.data import DataLoader
 from aaren_bench.distributed import process_share
 from aaren_bench.resume import resumable_loader
 from tasks.events.data import EventSeqs, collate
-from tasks.events.likelihood import (
-    MetricSums,
-    add_sums,
-    metric_sums,
-    sequence_scores,
-    split_metrics,
-)
+from tasks.events.likelihood import sequence_scores
+from tasks.events.metrics import EventMetrics
 from tasks.events.model import EventModel
 
 
@@ -82,7 +77,9 @@ class EventModule(L.LightningModule):
         self.model = model
         self.optimizer_factory = optimizer
         self.loss_reduction, self.l2 = loss, float(l2)
-        self._sums: dict[str, MetricSums] = {}
+        # split-level sums (ours and Meta TPP's), added over every process when computed
+        marked = model.mark_head is not None
+        self.eval_metrics = torch.nn.ModuleDict({"val": EventMetrics(marked), "test": EventMetrics(marked)})
 
     def forward(self, batch):
         return self.model(batch)
@@ -104,15 +101,16 @@ class EventModule(L.LightningModule):
         return loss
 
     def _accumulate(self, stage: str, batch):
-        s = metric_sums(*self.model(batch), batch)
-        self._sums[stage] = add_sums(self._sums[stage], s) if stage in self._sums else s
+        self.eval_metrics[stage].update(*self.model(batch), batch)
 
     def _emit(self, stage: str):
-        s = self._sums.pop(stage, None)
-        if s is None:
+        metric = self.eval_metrics[stage]
+        if not metric.update_called:
             return
-        for k, v in split_metrics(s, marked=self.model.mark_head is not None).items():
-            self.log(f"{stage}/{k}", float(v), prog_bar=k in ("nll", "acc"))
+        values = metric.compute()  # the same on every process: sync_dist only keeps Lightning from warning
+        metric.reset()
+        for k, v in values.items():
+            self.log(f"{stage}/{k}", v, prog_bar=k in ("nll", "acc"), sync_dist=True)
 
     def validation_step(self, batch, batch_idx):
         self._accumulate("val", batch)
