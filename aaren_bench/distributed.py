@@ -104,3 +104,26 @@ def eval_loader(dataset, *, batch_size: int, rank: int = 0, world: int = 1, **kw
                           f"(each needs at least one); run it on fewer devices")
     sampler = UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, **kwargs)
+
+
+def global_mean(module, total, count):
+    """A process's loss whose DDP average is ``sum of totals / sum of counts`` over the global batch.
+
+    DDP averages the gradients of the W processes; a loss normalised by the process's own count
+    (events scored, valid steps) would weigh a process with few of them as much as one with many.
+    ``total * W / (count summed over processes)`` makes the average exact. On one process: ``total / count``.
+    """
+    trainer = getattr(module, "_trainer", None)
+    world = int(trainer.world_size) if trainer is not None else 1
+    if world == 1:
+        return total / count
+    import torch
+
+    count = torch.as_tensor(count, dtype=total.dtype, device=total.device)
+    return total * world / trainer.strategy.reduce(count, reduce_op="sum").clamp_min(1)
+
+
+def global_sum(module, total):
+    """A process's loss whose DDP average is the sum of ``total`` over the global batch (``total * W``)."""
+    trainer = getattr(module, "_trainer", None)
+    return total * (int(trainer.world_size) if trainer is not None else 1)

@@ -5,7 +5,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from aaren_bench.distributed import process_share
+from aaren_bench.distributed import global_mean, global_sum, process_share
 from aaren_bench.resume import resumable_loader
 from tasks.events.data import EventSeqs, collate
 from tasks.events.likelihood import sequence_scores
@@ -93,7 +93,8 @@ class EventModule(L.LightningModule):
         sc = sequence_scores(mix, logits, batch)
         n = sc.n_scored.sum().clamp_min(1)
         nll_sum = -(sc.time_ll + sc.mark_ll + sc.surv_ll).sum()
-        loss = nll_sum / n if self.loss_reduction == "mean" else nll_sum
+        # per event (or summed) over the global batch, whatever the number of processes sharing it
+        loss = global_mean(self, nll_sum, n) if self.loss_reduction == "mean" else global_sum(self, nll_sum)
         if self.l2:
             loss = loss + self.l2_penalty()
         self.log("train/nll", nll_sum.detach() / n, on_step=True, on_epoch=True, prog_bar=True, batch_size=int(n))

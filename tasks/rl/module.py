@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torchmetrics import Metric
 
+from aaren_bench.distributed import global_mean
 from tasks.rl.acting import Agent, EpisodeStats, run_episodes
 from tasks.rl.d4rl import normalized_score
 from tasks.rl.envs import make_env
@@ -33,10 +34,11 @@ from tasks.rl.model import DecisionModel
 log = logging.getLogger("aaren_bench")
 
 
-def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over valid steps: pred/target (B, T, A), mask (B, T)."""
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, mean=torch.div) -> torch.Tensor:
+    """Mean squared error over valid steps: pred/target (B, T, A), mask (B, T). ``mean(total, count)``
+    divides (over several processes: :func:`aaren_bench.distributed.global_mean`)."""
     m = mask.unsqueeze(-1).to(pred.dtype)
-    return ((pred - target) ** 2 * m).sum() / (m.sum() * pred.shape[-1]).clamp_min(1.0)
+    return mean(((pred - target) ** 2 * m).sum(), (m.sum() * pred.shape[-1]).clamp_min(1.0))
 
 
 def warmup_lambda(warmup_steps: int):
@@ -151,7 +153,8 @@ class DecisionModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         pred = self.model(batch["states"], batch["actions"], batch["rtg"], batch["timesteps"], batch["mask"])
-        loss = masked_mse(pred, batch["actions"], batch["mask"])
+        # per valid step of the global batch, whatever the number of processes sharing it
+        loss = masked_mse(pred, batch["actions"], batch["mask"], mean=lambda total, count: global_mean(self, total, count))
         self.log("train/loss", loss, prog_bar=True, batch_size=pred.shape[0])
         return loss
 
