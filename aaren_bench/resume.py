@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import random
 import time
 from collections.abc import Iterator
@@ -292,7 +293,60 @@ def _add_epoch_sums(trainer, sums: dict) -> None:
 
 
 
-class MidEpochCheckpoint(ModelCheckpoint):
+_PATH_KEYS = ("best_model_path", "kth_best_model_path", "last_model_path")
+
+
+class RelativeCheckpoint(ModelCheckpoint):
+    """A ``ModelCheckpoint`` whose state holds its checkpoints' paths relative to its folder.
+
+    Lightning keeps absolute paths (``best_model_path``, ...) in every checkpoint, so a runs folder
+    moved, or mounted elsewhere on another node, resumes pointing at files that are gone, and a
+    copied folder tests the original folder's weights. Here the paths are stored relative to
+    ``dirpath`` and read back against the folder the callback has now; the absolute paths of an
+    older checkpoint are moved from its old folder to the current one the same way.
+    """
+
+    @property
+    def state_key(self) -> str:
+        key = super().state_key  # the key of a plain ModelCheckpoint: older checkpoints load into it
+        return key.replace(type(self).__qualname__, "ModelCheckpoint", 1) if type(self) is RelativeCheckpoint else key
+
+    def _relative(self, path):
+        if not path or not self.dirpath or not os.path.isabs(str(path)):
+            return path
+        return os.path.relpath(path, self.dirpath)
+
+    def _here(self, path, old_dir):
+        if not path or not self.dirpath:
+            return path
+        path = str(path)
+        if os.path.isabs(path):
+            if not old_dir or not path.startswith(str(old_dir).rstrip(os.sep) + os.sep):
+                return path  # somewhere else altogether: left as it is
+            path = os.path.relpath(path, old_dir)
+        return os.path.join(self.dirpath, path)
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        for key in _PATH_KEYS:
+            state[key] = self._relative(state[key])
+        state["best_k_models"] = {self._relative(k): v for k, v in state["best_k_models"].items()}
+        state["dirpath"] = "."  # the folder the checkpoint is read from
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        state = dict(state)
+        old_dir = state.get("dirpath")
+        old_dir = old_dir if old_dir and os.path.isabs(str(old_dir)) else None
+        for key in _PATH_KEYS:
+            if key in state:
+                state[key] = self._here(state[key], old_dir)
+        state["best_k_models"] = {self._here(k, old_dir): v for k, v in (state.get("best_k_models") or {}).items()}
+        state["dirpath"] = self.dirpath  # so that Lightning restores the scores as well as the paths
+        super().load_state_dict(state)
+
+
+class MidEpochCheckpoint(RelativeCheckpoint):
     """A checkpoint written during an epoch (``checkpoint_every_min``: ``train_time_interval``), but
     never after the last batch of an epoch: Lightning resumes from such a checkpoint past the
     epoch's end without running it (validation, epoch-end logging and schedulers, early stopping).
