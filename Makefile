@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 ARGS   ?=
 
-.PHONY: venv run test test-slow test-slurm bench bench-tiny tables plan slurm-up slurm-down clean
+.PHONY: venv run test test-data test-slow test-slurm lint bench bench-tiny tables plan slurm-up slurm-down clean
 
 venv: $(VENV)/.installed
 
@@ -21,6 +21,15 @@ run: venv
 ## the default test suite (fast; real-data tests skip without $$AAREN_DATA)
 test: venv
 	$(BIN)/pytest $(ARGS)
+
+## the tests that read the real datasets (marked `data`): AAREN_DATA=/path/to/data make test-data
+test-data: venv
+	@test -n "$$AAREN_DATA" || { echo "error: set AAREN_DATA to the folder holding the real datasets"; exit 2; }
+	$(BIN)/pytest -m "data and not slow and not slurm" $(ARGS)
+
+## the linter (rules in pyproject.toml)
+lint: venv
+	$(BIN)/ruff check .
 
 ## long checks: likelihood recovery, accuracy targets
 test-slow: venv

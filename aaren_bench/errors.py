@@ -34,3 +34,23 @@ class CellBusy(SuiteError):
 
 class CheckpointMismatch(SuiteError):
     """A checkpoint that belongs to a model of another shape."""
+
+
+class StorageError(SuiteError):
+    """The runs root cannot be written: a full disk, a read-only or foreign folder."""
+
+    exit_code = 74  # EX_IOERR
+
+
+STORAGE_ERRNOS = {28: "no space left on the device", 30: "the file system is read-only", 13: "permission denied",
+                  1: "operation not permitted", 122: "disk quota exceeded"}  # ENOSPC, EROFS, EACCES, EPERM, EDQUOT
+
+
+def storage_error(e: OSError) -> StorageError | None:
+    """The suite's message for a write that failed for lack of space or rights; None for other errors."""
+    if e.errno not in STORAGE_ERRNOS:
+        return None
+    where = e.filename or "the runs folder"
+    return StorageError(f"cannot write {where}: {STORAGE_ERRNOS[e.errno]}. Free space or fix the permissions, or point "
+                        f"the runs root elsewhere (AAREN_RUNS=/path or paths.runs=/path), then rerun the same command: "
+                        f"a cell resumes from its last checkpoint")

@@ -190,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
         print("\nfailed cells (they run again when resubmitted):")
         for c, s in statuses.items():
             if s == "failed":
-                print(f"  {c.key}: {(load_failure(runs / c.key) or {}).get('reason', '?').splitlines()[0]}")
+                print(f"  {c.key}: {((load_failure(runs / c.key) or {}).get('reason') or '?').strip().splitlines()[0]}")
 
     if args.jobs:
         print("\njobs:")

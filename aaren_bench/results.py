@@ -8,6 +8,7 @@ usable result (non-finite loss or metrics) leaves ``failed.json`` instead: not d
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 
 RESULT_FILE = "result.json"
 FAILED_FILE = "failed.json"
+log = logging.getLogger("aaren_bench")
 SCHEMA_VERSION = 2  # 2: protocol, tag, horizon, overrides, primary_metric (1: none of these; read as protocol suite)
 
 
@@ -48,35 +50,97 @@ def is_done(run_dir: str | Path) -> bool:
     return load_record(result_path(run_dir)) is not None
 
 
-def load_record(path: str | Path) -> dict | None:
+NEEDED = ("task", "dataset", "model", "seed", "metrics")
+
+
+def read_record(path: str | Path) -> tuple[dict | None, str | None]:
+    """(record, None); (None, None) when there is no file; (None, why) when the file cannot be
+    used (not UTF-8, not JSON, not a record, unreadable): such a cell is not done."""
     try:
-        rec = json.loads(Path(path).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-    needed = {"task", "dataset", "model", "seed", "metrics"}
-    return rec if isinstance(rec, dict) and needed <= rec.keys() else None
+        rec = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        return None, None
+    except (OSError, UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
+        return None, f"cannot be read ({type(e).__name__}: {e})"
+    if not isinstance(rec, dict):
+        return None, f"is not a record (a JSON {type(rec).__name__})"
+    missing = [k for k in NEEDED if k not in rec]
+    if missing:
+        return None, f"is not a complete record (no {', '.join(missing)})"
+    return rec, None
+
+
+def load_record(path: str | Path) -> dict | None:
+    return read_record(path)[0]
 
 
 def is_failed(run_dir: str | Path) -> bool:
-    return (Path(run_dir) / FAILED_FILE).exists() and not is_done(run_dir)
+    return load_failure(run_dir) is not None and not is_done(run_dir)
 
 
 def load_failure(run_dir: str | Path) -> dict | None:
+    """``failed.json`` as a dict with a non-empty ``reason`` (filled in when the file lacks one);
+    None when there is none. An unreadable file still marks the cell failed, with that as reason."""
+    path = Path(run_dir) / FAILED_FILE
     try:
-        return json.loads((Path(run_dir) / FAILED_FILE).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+        rec = json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
         return None
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        return {"reason": f"{path} cannot be read ({type(e).__name__}); rerun the cell"}
+    rec = rec if isinstance(rec, dict) else {}
+    if not str(rec.get("reason") or "").strip():
+        rec["reason"] = f"{path} gives no reason; see train.log in the cell folder"
+    return rec
 
 
-def iter_records(runs_root: str | Path):
-    """Every valid record below ``runs_root`` (partial or foreign files are skipped), with its
-    ``cell`` read back by :class:`aaren_bench.study.Cell` (old records included) and ``path``."""
+def scan_records(runs_root: str | Path) -> tuple[list[dict], list[str]]:
+    """One record per cell key below ``runs_root``, and the problems found: unreadable records
+    (not counted: the cell is not done), copies of a record (counted once) and conflicting
+    duplicates (the record in the cell's own folder counts, else the first by path). Folders
+    moved aside by ``restart=true`` (``<cell>.old-<time>``) are not read."""
+    from aaren_bench.cellfiles import is_aside
     from aaren_bench.study import Cell
 
-    for p in sorted(Path(runs_root).rglob(RESULT_FILE)):
-        rec = load_record(p)
-        if rec is None:
+    root, by_key, problems = Path(runs_root), {}, []
+    for p in sorted(root.rglob(RESULT_FILE)):
+        if is_aside(p.relative_to(root)):
+            continue
+        rec, why = read_record(p)
+        try:
+            cell = Cell.from_record(rec) if rec is not None else None
+        except (TypeError, ValueError) as e:
+            cell, why = None, f"names no valid cell ({e})"
+        if cell is None:
+            if why:
+                problems.append(f"{p} {why}: not counted, the cell is not done (rerun it, or repair or delete the file)")
             continue
         rec.setdefault("path", str(p))
-        rec["_cell"] = Cell.from_record(rec)
-        yield rec
+        rec["_cell"] = cell
+        by_key.setdefault(cell.key, []).append(rec)
+    return [_one_of(key, recs, root, problems) for key, recs in by_key.items()], problems
+
+
+def _one_of(key: str, recs: list[dict], root: Path, problems: list[str]) -> dict:
+    home = [r for r in recs if Path(r["path"]).parent.relative_to(root).as_posix() == key]
+    pick = (home or recs)[0]
+    for r in recs:
+        if r is pick:
+            continue
+        if r.get("metrics") == pick.get("metrics"):
+            problems.append(f"{r['path']} is a copy of the record of cell {key} ({pick['path']}): counted once")
+        else:
+            problems.append(f"{r['path']} and {pick['path']} are two different records of cell {key}: counted "
+                            f"{pick['path']}; delete or move the other one out of the runs root")
+    return pick
+
+
+def iter_records(runs_root: str | Path, report: bool = True):
+    """Every valid record below ``runs_root``, one per cell key (:func:`scan_records`), with its
+    ``cell`` read back by :class:`aaren_bench.study.Cell` (old records included) and ``path``;
+    the problems found are logged as warnings."""
+    records, problems = scan_records(runs_root)
+    if report:
+        for msg in problems:
+            log.warning("warning: %s", msg)
+    yield from records

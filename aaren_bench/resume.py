@@ -33,11 +33,13 @@ import os
 import random
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, Sampler
 
@@ -356,3 +358,23 @@ class MidEpochCheckpoint(RelativeCheckpoint):
         if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             return
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, made atomic: the checkpoint is written to a temporary file
+    beside it, flushed to disk, then renamed over the old one. A full disk or a kill mid-write
+    leaves the previous checkpoint intact and a ``.<name>.<pid>.tmp`` that the next start removes;
+    a torn ``best.ckpt`` or ``last.ckpt`` cannot exist."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise

@@ -10,16 +10,13 @@ its ``logs/metrics.csv`` continues and its record's wall time counts every attem
 """
 from __future__ import annotations
 
-import fcntl
 import logging
 import math
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -28,61 +25,32 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from aaren_bench.cellfiles import cell_lock, clean_stray_temp, move_aside, remove_unstarted
 from aaren_bench.errors import (
     CellBusy,
     CheckpointMismatch,
     ConfigError,
     RunFailed,
     SuiteError,
+    storage_error,
 )
 from aaren_bench.logging import finish_logger, make_logger
 from aaren_bench.results import (
     FAILED_FILE,
+    RESULT_FILE,
     SCHEMA_VERSION,
     is_done,
     load_record,
+    read_record,
     result_path,
     write_json_atomic,
 )
-from aaren_bench.resume import MidEpochCheckpoint, RunState
+from aaren_bench.resume import AtomicCheckpointIO, MidEpochCheckpoint, RunState
+from aaren_bench.schema import validate
 from aaren_bench.study import Cell, measuring_overrides, run_overrides
 from aaren_bench.task import Task, load_task, optimizer_factory, parameter_split
 
 log = logging.getLogger("aaren_bench")
-
-
-def check_config(cfg: DictConfig) -> None:
-    """The dataset's task (from the catalog) must be the task chosen."""
-    from aaren_bench.data import get
-
-    try:
-        owner = get(cfg.dataset.name).task
-    except KeyError as e:
-        raise ConfigError(str(e.args[0])) from None
-    if owner != cfg.task.name:
-        raise ConfigError(
-            f"dataset {cfg.dataset.name!r} belongs to task={owner}, but task={cfg.task.name} was chosen; "
-            f"a dataset selects its task: run with dataset={cfg.dataset.name} (and no task=, or task={owner})"
-        )
-
-
-# half-precision weights: what to use instead (compute in half precision, weights and optimizer in float32)
-HALF_WEIGHTS = {"bf16-true": "bf16-mixed", "16-true": "16-mixed"}
-
-
-def check_precision(cfg: DictConfig) -> None:
-    """Refuse ``trainer.precision=bf16-true`` / ``16-true`` before anything starts: the weights and
-    the optimizer's moments would live in half precision (an update smaller than 1/256 of a bf16
-    weight is lost) and the task modules make float32 tensors (encodings, masks) that do not mix
-    with half-precision weights."""
-    precision = str(cfg.trainer.get("precision"))
-    if precision in HALF_WEIGHTS:
-        instead = HALF_WEIGHTS[precision]
-        raise ConfigError(
-            f"trainer.precision={precision} keeps the weights and the optimizer state in half precision, which the "
-            f"suite does not support (small updates are lost, and the modules compute some tensors in float32); use "
-            f"trainer.precision={instead}: the same half-precision matmuls, with float32 weights"
-        )
 
 
 def versions() -> dict:
@@ -104,25 +72,6 @@ def _quiet_duplicate_logs() -> None:
             for h in list(lg.handlers):
                 if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
                     lg.removeHandler(h)
-
-
-@contextmanager
-def cell_lock(run_dir: Path):
-    """Hold an exclusive lock on ``<run_dir>/.lock`` while the cell runs; yields False when
-    another process (another SLURM job of a resubmitted sweep) holds it."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{platform.node()} pid {os.getpid()} job {os.environ.get('SLURM_JOB_ID', '-')}\n".encode())
-        yield True
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def usable_checkpoint(path: Path) -> bool:
@@ -227,8 +176,7 @@ def _identity(cfg: DictConfig) -> tuple[Cell, list[str]]:
 
 def train(cfg: DictConfig) -> dict | None:
     """Run one cell and return its record (or the existing record when it is done)."""
-    check_config(cfg)
-    check_precision(cfg)
+    validate(cfg)  # the schema: every key's type and range, and the relations between keys
     _quiet_duplicate_logs()
     cell, overrides = _identity(cfg)
     if cell.key != cfg.cell:
@@ -237,27 +185,56 @@ def train(cfg: DictConfig) -> dict | None:
     if cell.tag:
         log.info("this run changes what is measured (%s): it is cell %s, not a paper cell",
                  ", ".join(measuring_overrides(overrides)) or f"tag={cell.tag}", cell.key)
-    if cfg.skip_done and is_done(run_dir):
+    _, unreadable = read_record(result_path(run_dir))
+    if unreadable:
+        log.warning("%s %s: the cell is not done and runs again", result_path(run_dir), unreadable)
+    if cfg.trainer.get("fast_dev_run"):
+        return _smoke(cfg, cell, overrides, run_dir)
+    if cfg.get("restart"):
+        _restart(run_dir, cell)
+    elif cfg.skip_done and is_done(run_dir):
         return _skip(run_dir, overrides)
-    created = not run_dir.exists() or all(p.name == "train.log" for p in run_dir.iterdir())
-    if cfg.trainer.get("fast_dev_run"):  # a smoke run: no checkpoint, no record, no cell folder left behind
+    with cell_lock(run_dir) as held:
+        if not held:  # another job runs the cell: leave its folder and its lock alone
+            raise CellBusy(f"cell {cell.key} is running in another process (lock {run_dir / '.lock'} is held: "
+                           f"{(run_dir / '.lock').read_text().strip()}); not starting it twice")
+        clean_stray_temp(run_dir)
+        if cfg.skip_done and not cfg.get("restart") and is_done(run_dir):  # finished while this job was queued
+            return _skip(run_dir, overrides)
         try:
-            return _run(cfg, cell, overrides, run_dir, debug=True)
-        finally:
-            if created:
-                _remove_if_empty(run_dir)
-    try:
-        with cell_lock(run_dir) as held:
-            if not held:
-                raise CellBusy(f"cell {cell.key} is running in another process (lock {run_dir / '.lock'} is held: "
-                               f"{(run_dir / '.lock').read_text().strip()}); not starting it twice")
-            if cfg.skip_done and is_done(run_dir):  # finished while this job waited in the queue
-                return _skip(run_dir, overrides)
             return _run(cfg, cell, overrides, run_dir, debug=False)
-    except BaseException:
-        if created:
-            _remove_if_empty(run_dir)
-        raise
+        except BaseException:
+            remove_unstarted(run_dir)  # a start that failed before training leaves no folder (this job holds the lock)
+            raise
+
+
+def _smoke(cfg: DictConfig, cell: Cell, overrides: list[str], run_dir: Path) -> dict:
+    """``trainer=debug`` (fast_dev_run): a few batches of everything; no checkpoint, no record, and
+    no folder left behind. A finished cell is smoke-run too; its record stays as it is."""
+    if is_done(run_dir):
+        log.info("trainer=debug: a smoke run of the finished cell %s (a few batches, no checkpoint); its record "
+                 "%s is left as it is", cell.key, result_path(run_dir))
+    try:
+        return _run(cfg, cell, overrides, run_dir, debug=True)
+    finally:
+        remove_unstarted(run_dir, keep_lock=True)
+
+
+def _restart(run_dir: Path, cell: Cell) -> None:
+    """``restart=true``: move a finished (or failed) cell's folder aside, kept as ``<cell>.old-<time>``,
+    so the cell trains from scratch; refused while another job runs it. A cell without a record
+    or a failure is left as it is, so a requeued ``restart=true`` job resumes its own training
+    instead of starting over again."""
+    ended = run_dir / RESULT_FILE, run_dir / FAILED_FILE
+    if not any(p.exists() for p in ended):
+        log.info("restart=true: %s has no record or failure to set aside; running it as usual", cell.key)
+        return
+    with cell_lock(run_dir) as held:
+        if not held:
+            raise CellBusy(f"cell {cell.key} is running in another process (lock {run_dir / '.lock'}); "
+                           f"restart=true moves its folder only when no job runs it")
+        aside = move_aside(run_dir)
+    print(f"[{cell.key}] restart=true: the previous run is kept in {aside}; training from scratch")
 
 
 def _skip(run_dir: Path, overrides: list[str]) -> dict:
@@ -266,24 +243,12 @@ def _skip(run_dir: Path, overrides: list[str]) -> dict:
     now = set(overrides)
     if rec.get("overrides") is not None and before != now:
         log.warning("cell %s is done with other overrides than this run's: it was run with [%s], this run asks for "
-                    "[%s] (none of which changes what is measured). Skipping; pass skip_done=false to run it again.",
-                    rec.get("cell"), " ".join(sorted(before)), " ".join(sorted(now)))
+                    "[%s] (none of which changes what is measured). Skipping; pass restart=true to run it again "
+                    "from scratch.", rec.get("cell"), " ".join(sorted(before)), " ".join(sorted(now)))
     else:
-        log.info("already done, skipping: %s (delete it or pass skip_done=false to rerun)", result_path(run_dir))
+        log.info("already done, skipping: %s (restart=true trains it again from scratch, the old folder kept aside)",
+                 result_path(run_dir))
     return rec
-
-
-def _remove_if_empty(run_dir: Path, levels: int = 4) -> None:
-    """A start that failed before training wrote anything leaves no cell folder behind (nor the
-    empty folders of its key above it)."""
-    keep = {".lock", "train.log"}
-    if run_dir.is_dir() and all(p.name in keep for p in run_dir.iterdir()):
-        shutil.rmtree(run_dir, ignore_errors=True)
-        for parent in list(run_dir.parents)[:levels]:
-            try:
-                parent.rmdir()  # only when empty
-            except OSError:
-                break
 
 
 def _save_config(cfg: DictConfig, overrides: list[str], run_dir: Path) -> None:
@@ -327,6 +292,7 @@ def _run(cfg: DictConfig, cell: Cell, overrides: list[str], run_dir: Path, debug
         callbacks=callbacks,
         enable_checkpointing=not debug,
         default_root_dir=str(run_dir),
+        plugins=[AtomicCheckpointIO()],  # a checkpoint is whole or absent, never torn
     )
     run_state = next((c for c in callbacks if isinstance(c, RunState)), None)
 
@@ -410,12 +376,18 @@ def main_entry(cfg: DictConfig) -> float | None:
     """``train.py``'s body: run the cell, print a suite error as its message (no traceback) and exit
     non-zero; return the primary test metric for a Hydra sweeper."""
     try:
-        record = train(cfg)
+        try:
+            record = train(cfg)
+        except OSError as e:  # a full disk, a read-only runs root: the suite's message
+            err = storage_error(e)
+            if err is None:
+                raise
+            raise err from e
     except SuiteError as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1" or os.environ.get("AAREN_DEBUG") == "1":
+        if os.environ.get("AAREN_DEBUG") == "1":
             raise
         print(f"error: {e}", file=sys.stderr)
-        print("(set HYDRA_FULL_ERROR=1 for the traceback)", file=sys.stderr)
+        print("(set AAREN_DEBUG=1 or HYDRA_FULL_ERROR=1 for the traceback)", file=sys.stderr)
         sys.exit(e.exit_code)
     if not record:
         return None

@@ -23,11 +23,14 @@ plain path) are neutral; precision is measuring; the ones that pick the cell (``
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import OmegaConf
+
+from aaren_bench.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
@@ -55,7 +58,7 @@ PAPER_DATASETS: dict[str, tuple[str, ...]] = {
 # the block lengths and kernels give the result of the plain path, tests/test_ops*.py. Precision and
 # matmul precision change the numbers beyond float noise: they are measuring.)
 NEUTRAL_KEYS = (
-    "seed", "model", "dataset", "task", "protocol", "tag", "trainer", "skip_done", "checkpoint_every_min",
+    "seed", "model", "dataset", "task", "protocol", "tag", "trainer", "skip_done", "restart", "checkpoint_every_min",
     "trainer.accelerator", "trainer.devices", "trainer.num_nodes", "trainer.strategy",
     "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.log_every_n_steps",
     "trainer.deterministic", "task.num_workers", "task.eval_threads",
@@ -147,7 +150,10 @@ class Cell:
         task = str(cfg.task.name)
         horizon = int(cfg.task.pred_len) if task == "forecast" else None
         protocol = OmegaConf.select(cfg, "protocol.name", default=None) or DEFAULT_PROTOCOL
-        return cls(task=task, dataset=str(cfg.dataset.name), model=str(cfg.model.name), seed=int(cfg.seed),
+        seed = cfg.seed
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ConfigError(f"seed={seed}: the seed must be an integer (e.g. seed=0, or -m seed=0,1,2)")
+        return cls(task=task, dataset=str(cfg.dataset.name), model=str(cfg.model.name), seed=seed,
                    protocol=str(protocol), horizon=horizon, tag=run_tag(cfg.get("tag"), overrides))
 
 
@@ -174,13 +180,32 @@ def is_measuring(override: str) -> bool:
     return not any(key == t or key.startswith(t + ".") for t in NEUTRAL_TREES)
 
 
+def canonical_override(override: str) -> str:
+    """``key=value`` with a number written one way: ``lr=1e-3``, ``lr=0.001`` and ``lr=1.0e-3`` are
+    all ``lr=0.001`` (Python's shortest repr of the float; a whole number as an integer), so one
+    value is one cell whatever its spelling. Anything else is returned as it is."""
+    if "=" not in override:
+        return override
+    key, value = override.split("=", 1)
+    text = value.strip()
+    if not re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", text):
+        return override
+    number = float(text)
+    if not math.isfinite(number):
+        return override
+    if number.is_integer() and abs(number) < 2**53:
+        return f"{key}={int(number)}"
+    return f"{key}={number!r}"
+
+
 def measuring_overrides(overrides: list[str]) -> list[str]:
-    """The overrides that change what a run measures, sorted."""
+    """The overrides that change what a run measures, sorted (as written)."""
     return sorted(o for o in overrides if is_measuring(o))
 
 
 def auto_tag(measuring: list[str]) -> str:
-    return "x" + hashlib.sha1("\n".join(sorted(measuring)).encode()).hexdigest()[:8]
+    """``x`` and 8 hex digits of a hash of the overrides, numbers compared by value."""
+    return "x" + hashlib.sha1("\n".join(sorted(canonical_override(o) for o in measuring)).encode()).hexdigest()[:8]
 
 
 def run_tag(explicit, overrides: list[str]) -> str | None:
@@ -189,7 +214,7 @@ def run_tag(explicit, overrides: list[str]) -> str | None:
     if explicit not in (None, ""):
         tag = str(explicit)
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", tag):
-            raise ValueError(f"tag={tag!r}: use letters, digits, '.', '_' and '-' only (it becomes part of a folder name)")
+            raise ConfigError(f"tag={tag}: use letters, digits, '.', '_' and '-' only (it becomes part of a folder name)")
         return tag
     measuring = measuring_overrides(overrides)
     return auto_tag(measuring) if measuring else None
@@ -227,30 +252,56 @@ def task_default_dataset(task: str, conf_dir: Path = CONF) -> str:
     path = Path(conf_dir, "task", f"{task}.yaml")
     if not path.exists():
         known = sorted(p.stem for p in Path(conf_dir, "task").glob("*.yaml"))
-        raise SystemExit(f"unknown task {task!r}; choose one of: {', '.join(known)} (e.g. task=classify)")
+        raise ConfigError(f"unknown task {task!r}; choose one of: {', '.join(known)} (e.g. task=classify)")
     name = OmegaConf.load(path).get("default_dataset")
     if not name:
-        raise SystemExit(f"{path} has no default_dataset; pass dataset=<name>")
+        raise ConfigError(f"{path} has no default_dataset; pass dataset=<name>")
     return str(name)
 
 
+# Hydra's flags that take a value (the next word), and --info's optional one
+_FLAG_VALUE = {"-c", "--cfg", "-p", "--package", "-cp", "--config-path", "-cn", "--config-name", "-cd",
+               "--config-dir", "--experimental-rerun"}
+_INFO_VALUES = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
+
+
+def split_argv(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(Hydra's flags with their values, the overrides), each in the order given."""
+    flags, overrides, i = [], [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a.startswith("-"):  # an override never starts with "-" (only with a key, +, ++ or ~)
+            takes = "=" not in a and (a in _FLAG_VALUE or (a in ("-i", "--info") and argv[i + 1:i + 2] and
+                                                           argv[i + 1] in _INFO_VALUES))
+            flags += argv[i:i + 1 + bool(takes)]
+            i += 1 + bool(takes)
+            continue
+        overrides.append(a)
+        i += 1
+    return flags, overrides
+
+
 def normalize_argv(argv: list[str], conf_dir: Path = CONF) -> list[str]:
-    """What train.py hands to Hydra.
+    """What train.py hands to Hydra: its flags first (with their values), then the overrides.
 
     - ``task=X`` without ``dataset=``: the task's default dataset is added (a dataset selects
       its task in the config, so the task alone needs this one step).
     - ``+protocol=X`` (the older spelling) is read as ``protocol=X``.
+
+    Hydra's parser takes the overrides as one run of words, so they are kept together after the
+    flags: ``task=rl --cfg job``, ``--cfg job task=rl`` and ``task=rl -m seed=0,1`` all work.
     """
-    out = ["protocol=" + a.split("=", 1)[1] if a.startswith("+protocol=") else a for a in argv]
-    keys = {override_key(a) for a in out if "=" in a and not a.startswith("-")}
+    flags, given = split_argv(list(argv))
+    out = ["protocol=" + a.split("=", 1)[1] if a.startswith("+protocol=") else a for a in given]
+    keys = {override_key(a) for a in out if "=" in a}
     task_args = [a for a in out if a.startswith("task=")]
     if task_args and "dataset" not in keys and not any(k.startswith("matrix") for k in keys):
         value = task_args[-1].split("=", 1)[1]
         if "," in value or "(" in value:
-            raise SystemExit(f"{task_args[-1]}: a sweep over tasks needs its datasets; sweep dataset=... "
-                             "instead (each dataset selects its task), e.g. -m dataset=JapaneseVowels,ETTh1")
+            raise ConfigError(f"{task_args[-1]}: a sweep over tasks needs its datasets; sweep dataset=... "
+                              "instead (each dataset selects its task), e.g. -m dataset=JapaneseVowels,ETTh1")
         out.append(f"dataset={task_default_dataset(value, conf_dir)}")
-    return out
+    return flags + out
 
 
 # --- the datasets and protocols that exist ------------------------------------------------
@@ -361,7 +412,6 @@ def compose_config(overrides: list[str] | tuple[str, ...] = (), conf_dir: Path =
     the same command-line normalisation); for tests, notebooks and benchmarks."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-
     from omegaconf import open_dict
 
     GlobalHydra.instance().clear()

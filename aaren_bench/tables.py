@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import logging
 import math
 import os
 import statistics
@@ -30,8 +31,10 @@ from pathlib import Path
 
 import yaml
 
-from aaren_bench.results import iter_records
+from aaren_bench.results import scan_records
 from aaren_bench.study import DEFAULT_HORIZON, DEFAULT_PROTOCOL, HORIZONS, PAPER_DATASETS
+
+log = logging.getLogger("aaren_bench")
 
 REFERENCES = Path(__file__).with_name("references.yaml")
 LABELS = {"transformer": "Transformer", "aaren": "Aaren", "linear_attn": "LinearAttn", "mamba2": "Mamba2"}
@@ -121,11 +124,15 @@ def load_references(path: str | Path = REFERENCES) -> dict:
     return data.get("references") or {}
 
 
-def collect(runs_root: str | Path, tags: bool = False) -> dict:
+def collect(runs_root: str | Path, tags: bool = False, report: bool = True) -> dict:
     """{(task, protocol, row, model): {metric: [values over seeds]}}; row = dataset + variant
-    (+ ``+tag`` for a tagged cell, which is skipped unless ``tags``)."""
-    out: dict = {}
-    for rec in iter_records(runs_root):
+    (+ ``+tag`` for a tagged cell, which is skipped unless ``tags``). One record per cell key;
+    ``_records`` counts them, ``_problems`` lists what was not counted (logged when ``report``)."""
+    records, problems = scan_records(runs_root)
+    out: dict = {"_records": len(records), "_problems": problems}
+    for msg in problems if report else ():
+        log.warning("warning: %s", msg)
+    for rec in records:
         c = rec["_cell"]
         if c.tag and not tags:
             out.setdefault("_skipped_tagged", []).append(c.key)
@@ -368,8 +375,10 @@ def run_tables(args: argparse.Namespace) -> int:
         print("tables: --tables and --horizons take comma lists of integers (or --horizons all)", file=sys.stderr)
         return 2
     tables = build_tables(runs, wanted, horizons, args.seeds, args.tags, load_references(args.references))
-    skipped = collect(runs, False).get("_skipped_tagged", []) if not args.tags else []
-    print(f"<!-- aaren-bench tables from {runs.resolve()}"
+    seen = collect(runs, False, report=False)
+    skipped = seen.get("_skipped_tagged", []) if not args.tags else []
+    print(f"<!-- aaren-bench tables from {runs.resolve()}: {seen['_records']} records (one per cell)"
+          + (f", {len(seen['_problems'])} warnings above" if seen["_problems"] else "")
           + (f"; {len(skipped)} tagged records left out (--tags shows them)" if skipped else "") + " -->\n")
     for t in tables:
         texts = {"md": to_markdown(t), "latex": to_latex(t), "csv": to_csv(t)}

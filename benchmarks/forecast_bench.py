@@ -102,7 +102,7 @@ def anchor_step(tslib: str, d_model: int, d_ff: int, data_root: str):
 def ours_step(model: str, protocol: str, d_model: int, d_ff: int, overrides: list[str]):
     from aaren_bench.run import build
 
-    cfg = compose([f"dataset=ETTh1", f"model={model}", f"protocol={protocol}", "task.pred_len=192",
+    cfg = compose(["dataset=ETTh1", f"model={model}", f"protocol={protocol}", "task.pred_len=192",
                    f"task.backbone.d_model={d_model}", f"task.backbone.d_ff={d_ff}", "logger=none", *overrides])
     _, dm, module, _ = build(cfg)
     dm.setup("fit")

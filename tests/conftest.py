@@ -1,4 +1,9 @@
-"""Shared fixtures: real data (skipped when absent), small thread count, a temp runs folder."""
+"""Shared fixtures: real data (skipped when absent), small thread count, a temp runs folder.
+
+A test that reads the real datasets asks for ``shared_data``: it is marked ``data`` (so CI can
+run those tests in a step of their own, ``pytest -m data``) and skips unless ``$AAREN_DATA``
+names the folder. There is no guessed fallback: a fresh clone runs without a data root.
+"""
 from __future__ import annotations
 
 import os
@@ -14,12 +19,21 @@ def pytest_configure(config):
     torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "shared_data" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.data)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """The folder of real datasets ($AAREN_DATA, else ../shared/data beside the checkout)."""
-    root = Path(os.environ.get("AAREN_DATA", REPO.parent / "shared" / "data"))
+    """The folder of real datasets: ``$AAREN_DATA``; the test skips when it is unset or absent."""
+    value = os.environ.get("AAREN_DATA")
+    if not value:
+        pytest.skip("needs the real datasets: set AAREN_DATA to the folder holding them (make test-data)")
+    root = Path(value).expanduser()
     if not root.is_dir():
-        pytest.skip(f"real data folder not found at {root}: set AAREN_DATA to a folder holding the shared datasets")
+        pytest.skip(f"AAREN_DATA={value} is not a folder: set it to the folder holding the real datasets")
     return root
 
 

@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from aaren_bench.nn.family import (
     LinearAttentionMixer,
     Mamba2Mixer,
-    Mamba2State,
     attention_mixer_params,
     mamba2_dims,
 )

@@ -17,6 +17,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -50,6 +52,22 @@ def collected(tmp_path_factory):
     assert cli(["collect", "--env", "halfcheetah", "--episodes", "2", "--max-steps", "30", "--seed", "1",
                 "--out", str(out)]) == 0
     return out
+
+
+@pytest.fixture(scope="module")
+def etth1_like(tmp_path_factory):
+    """A generated file in ETTh1's layout (hourly, 7 channels, OT last, the 12/4/4-month split's
+    14,400 rows): daily and weekly cycles plus noise, so the test needs no data root or network."""
+    n, channels = 14_400, ("HUFL", "HULL", "MUFL", "MULL", "LUFL", "LULL", "OT")
+    t = np.arange(n)[:, None]
+    rng = np.random.default_rng(0)
+    values = (np.sin(2 * np.pi * t / 24 + np.arange(7)) + 0.5 * np.sin(2 * np.pi * t / 168)
+              + 0.3 * rng.standard_normal((n, 7)))
+    df = pd.DataFrame(values, columns=list(channels))
+    df.insert(0, "date", pd.date_range("2016-07-01", periods=n, freq="h").strftime("%Y-%m-%d %H:%M:%S"))
+    path = tmp_path_factory.mktemp("ett") / "ETTh1.csv"
+    df.to_csv(path, index=False)
+    return path
 
 
 class Steps(L.Callback):
@@ -110,6 +128,11 @@ def check_mixed(task, model, precision, accelerator, collected):
 
 
 def _collected_for(task, request):
+    """The data a task's case needs besides the shipped/generated sets: RL's collected file;
+    forecasting reads the generated ETTh1-layout file instead of the registry's (no download)."""
+    if task == "forecast":
+        path = request.getfixturevalue("etth1_like")
+        request.getfixturevalue("monkeypatch").setattr("tasks.forecast.fetch", lambda spec, root: {"ETTh1.csv": path})
     return request.getfixturevalue("collected") if task == "rl" else None
 
 

@@ -9,6 +9,7 @@ from omegaconf import OmegaConf
 
 from aaren_bench import plan as P
 from aaren_bench.cli import main
+from aaren_bench.errors import ConfigError
 from aaren_bench.results import write_json_atomic
 from aaren_bench.study import (
     CONF,
@@ -16,6 +17,7 @@ from aaren_bench.study import (
     PAPER_DATASETS,
     Cell,
     CellKeyError,
+    canonical_override,
     measuring_overrides,
     normalize_argv,
     paper_study,
@@ -93,10 +95,35 @@ def test_normalize_argv():
     assert normalize_argv(["task=forecast", "dataset=ETTm1"]) == ["task=forecast", "dataset=ETTm1"]
     assert normalize_argv(["+protocol=tslib", "dataset=Handwriting"]) == ["protocol=tslib", "dataset=Handwriting"]
     assert normalize_argv(["-m", "+matrix=paper", "task=rl"]) == ["-m", "+matrix=paper", "task=rl"]
-    with pytest.raises(SystemExit, match="sweep dataset"):
+    with pytest.raises(ConfigError, match="sweep dataset"):
         normalize_argv(["-m", "task=rl,forecast"])
-    with pytest.raises(SystemExit, match="unknown task"):
+    with pytest.raises(ConfigError, match="unknown task"):
         normalize_argv(["task=nope"])
+
+
+@pytest.mark.parametrize("argv", [
+    ["task=rl", "model=aaren", "--cfg", "job"], ["--cfg", "job", "task=rl", "model=aaren"],
+    ["task=rl", "-c", "job", "model=aaren"], ["task=rl", "--info", "model=aaren"],
+    ["task=rl", "--info", "defaults", "model=aaren"], ["-m", "task=rl", "model=aaren"],
+    ["task=rl", "--multirun", "model=aaren"], ["--config-name", "config", "task=rl", "model=aaren"],
+    ["task=rl", "--cfg=job", "model=aaren"],
+])
+def test_normalize_argv_keeps_hydra_flags_apart_from_the_overrides(argv):
+    """Hydra reads its overrides as one run of words: the flags (with their values) go first,
+    the overrides after them, the task's default dataset among the overrides."""
+    out = normalize_argv(argv)
+    n_flags = len(out) - 3
+    assert out[n_flags:] == ["task=rl", "model=aaren", "dataset=hopper-medium"]
+    assert [a for a in argv if a not in out[n_flags:]] == out[:n_flags]
+
+
+def test_numbers_in_overrides_are_one_cell_whatever_their_spelling():
+    spellings = ["task.optimizer.lr=1e-3", "task.optimizer.lr=0.001", "task.optimizer.lr=1.0e-3", "task.optimizer.lr=1E-3"]
+    assert len({run_tag(None, [o]) for o in spellings}) == 1
+    assert run_tag(None, ["trainer.max_epochs=3"]) == run_tag(None, ["trainer.max_epochs=3.0"])
+    assert run_tag(None, ["task.optimizer.lr=1e-3"]) != run_tag(None, ["task.optimizer.lr=1e-4"])
+    assert canonical_override("task.features=S") == "task.features=S"
+    assert canonical_override("dataset.file=/data/1e3.csv") == "dataset.file=/data/1e3.csv"
 
 
 def _grid(matrix: str) -> dict:

@@ -96,7 +96,7 @@ def run_kernel(sizes: KernelSizes, device: torch.device, log=print, mixers=tuple
         fast = lambda s, v: scan(s, v, chunk=sizes.chunk)  # noqa: E731
         cumsum = lambda x: torch.cumsum(x, dim=1)  # noqa: E731
         lin = lambda q, k, v: linear_attn_chunked(q, k, v, chunk=sizes.family_chunk)[0]  # noqa: E731
-        ssd = lambda x, dt, b, c: ssd_chunked(x, dt, fam["A"], b, c, chunk=sizes.family_chunk)[0]  # noqa: E731
+        ssd = lambda x, dt, b, c, a=fam["A"]: ssd_chunked(x, dt, a, b, c, chunk=sizes.family_chunk)[0]  # noqa: E731
         variants = {
             ("cumsum", "forward"): _fwd(cumsum, x),
             ("cumsum", "forward+backward"): _fwd_bwd(cumsum, grad.reshape(B * H, N, D), x),

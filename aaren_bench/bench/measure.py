@@ -14,9 +14,9 @@ Peak memory of a callable:
 """
 from __future__ import annotations
 
+import csv
 import ctypes
 import ctypes.util
-import csv
 import os
 import re
 import statistics

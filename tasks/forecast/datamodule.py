@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader
 
 from aaren_bench.data import RegistryFiles
 from aaren_bench.distributed import process_share
+from aaren_bench.errors import DataError
 from aaren_bench.resume import resumable_loader
 from tasks.forecast.frame import FREQ_FEATURES, read_series, time_features
 from tasks.forecast.windows import Scaler, WindowDataset, split_borders
@@ -75,10 +76,13 @@ class ForecastDataModule(L.LightningDataModule):
             self.path = next(iter(paths.values()))
         series = read_series(self.path, **self.read_kw)
         self.columns = series.columns
-        self.borders = split_borders(len(series.values), self.split, self.seq_len, self.pred_len)
-        b, e = self.borders["train"]
-        self.scaler = Scaler.fit(series.values[b:e])
-        scaled = self.scaler.transform(series.values)  # (T, C)
+        try:  # the split and the scaling judge the file: their errors name it
+            self.borders = split_borders(len(series.values), self.split, self.seq_len, self.pred_len)
+            b, e = self.borders["train"]
+            self.scaler = Scaler.fit(series.values[b:e])
+            scaled = self.scaler.transform(series.values)  # (T, C)
+        except DataError as err:
+            raise type(err)(f"{self.path}: {err}") from None
         marks = time_features(series.dates, self.freq)  # (T, F)
         for part, (b, e) in self.borders.items():
             self.datasets[part] = WindowDataset(scaled[b:e], marks[b:e], self.seq_len, self.label_len, self.pred_len)

@@ -142,7 +142,7 @@ def _noises(text: str) -> list[float]:
     try:
         values = [float(x) for x in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--noise takes a number or a comma-separated list of numbers; got {text!r}")
+        raise argparse.ArgumentTypeError(f"--noise takes a number or a comma-separated list of numbers; got {text!r}") from None
     if any(not np.isfinite(v) or v < 0 for v in values):
         raise argparse.ArgumentTypeError(f"--noise values must be finite and >= 0; got {text!r}")
     return values

@@ -14,7 +14,7 @@ from aaren_bench.nn import build_backbone
 from aaren_bench.run import build, train
 from aaren_bench.study import compose_config
 from tasks.classify import TASK
-from tasks.classify.data import UEADataModule, fit_scaler, instance_norm, pad
+from tasks.classify.data import fit_scaler, instance_norm, pad
 from tasks.classify.module import Classifier, tslib_cls_factor
 from tests.classify.test_data import write_ts
 

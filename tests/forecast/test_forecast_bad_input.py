@@ -70,9 +70,23 @@ def test_non_numeric_cell(tmp_path):
 
 
 def test_too_few_rows_ratio(tmp_path):
-    dm = ForecastDataModule(save(frame(n=300), tmp_path), "ratio", seq_len=96, label_len=48, pred_len=192)
-    with pytest.raises(SplitError, match=r"too few rows: the train part.*seq_len \+ pred_len = 288"):
+    path = save(frame(n=300), tmp_path)
+    dm = ForecastDataModule(path, "ratio", seq_len=96, label_len=48, pred_len=192)
+    with pytest.raises(SplitError, match=r"too few rows: the train part.*seq_len \+ pred_len = 288") as e:
         dm.setup()
+    assert str(e.value).startswith(f"{path}: too few rows"), "the error names the file"
+
+
+def test_standardised_overflow_in_a_file_names_the_file(tmp_path):
+    df = frame(n=400)
+    df["a"] = 0.0
+    df.loc[0, "a"] = 1e-30  # nearly constant in the training part ...
+    df.loc[390, "a"] = 1e10  # ... and huge in the test part: past float32's square
+    path = save(df, tmp_path)
+    dm = ForecastDataModule(path, "ratio", seq_len=24, label_len=12, pred_len=24)
+    with pytest.raises(ForecastDataError, match="standardised value") as e:
+        dm.setup()
+    assert str(e.value).startswith(f"{path}: "), "the error names the file"
 
 
 def test_too_few_rows_ett():

@@ -9,14 +9,17 @@ import pytest
 
 pytest.importorskip("mujoco")
 
+from pathlib import Path  # noqa: E402
+
 from aaren_bench.cli import main as cli  # noqa: E402
-from aaren_bench.study import compose_config
 from aaren_bench.data import DatasetNotFound  # noqa: E402
-from aaren_bench.run import train  # noqa: E402
-from aaren_bench.run import build  # noqa: E402
+from aaren_bench.run import (
+    build,  # noqa: E402
+    train,  # noqa: E402
+)
+from aaren_bench.study import compose_config
 from tasks.rl.d4rl import load_d4rl, normalized_score, split_trajectories  # noqa: E402
 from tasks.rl.envs import EnvMismatchError  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
