@@ -50,21 +50,25 @@ def is_launch_zero(env=None) -> bool:
 
 
 class SaveOnSignal(L.Callback):
-    """On SIGTERM, write ``path`` (``last.ckpt``) at the step Lightning stops at.
+    """On SIGTERM, write ``path`` (``last.ckpt``) at the end of the running training batch, where
+    Lightning's own checkpoints are written (so a resume from it is bit-exact, as from
+    :class:`aaren_bench.resume.MidEpochCheckpoint`); Lightning stops right after.
 
+    Under several processes the signal may reach one process first: they agree at each batch end
+    (one small collective, besides the one Lightning makes there) and all save at the same step.
     Not after the last batch of an epoch: Lightning resumes from such a checkpoint past the
-    epoch's end without running it (``aaren_bench.resume.MidEpochCheckpoint``); the last
-    checkpoint written before stays, and at most that epoch is trained again.
+    epoch's end without running it; the last checkpoint written before stays.
     """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.saved = False
 
-    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-        if not isinstance(exception, SIGTERMException) or trainer.state.fn != "fit":
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        signalled = bool(trainer.received_sigterm)
+        if trainer.world_size > 1:
+            signalled = trainer.strategy.reduce_boolean_decision(signalled, all=False)
+        if not signalled or self.saved:
             return
         if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             log.warning("stopped by a signal after the last batch of epoch %d: resuming from the checkpoint written "
