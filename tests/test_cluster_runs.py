@@ -121,10 +121,10 @@ def test_two_devices_through_train_py_write_one_correct_record(tmp_path):
     (path,) = tmp_path.rglob("result.json")
     rec = json.loads(path.read_text())
     assert rec["world_size"] == 2 and rec["metrics"]["test/samples"] == 370  # every test series once
-    assert rec["cell"] == _cfg(tmp_path).cell  # devices are neutral: the cell of a 1-device run
+    one_device = compose_config([*TINY, *SHORT, f"paths.runs={tmp_path}"])
+    assert rec["cell"] == one_device.cell  # devices are neutral: the cell of a 1-device run
     # one process, the recorded checkpoint, the whole test set: the same numbers
-    cfg = compose_config([*TINY, *SHORT, "tag=cluster", f"paths.runs={tmp_path}", "trainer.accelerator=cpu"])
-    built = run.build(cfg)
+    built = run.build(one_device)
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                         enable_model_summary=False)
     one = trainer.test(built.module, datamodule=built.datamodule, ckpt_path=path.parent / rec["best_checkpoint"],
