@@ -40,9 +40,13 @@ def job(cfg) -> float | None:
 
 
 def fail(e: SuiteError) -> None:
+    from aaren_bench.cluster import in_local_sweep
+
     if show_tracebacks():
         raise e
     print(f"error: {e}", file=sys.stderr)
+    if in_local_sweep():  # a misconfigured cell of a local sweep: reported, the sweep goes on
+        raise e
     sys.exit(e.exit_code)
 
 

@@ -105,10 +105,18 @@ class ResumableLoader(DataLoader):
     depend on the epoch only: :class:`EpochShuffle` by default (``shuffle``, ``seed``), or any
     sampler with ``set_epoch``. The loader draws worker seeds from its own generator, never from
     torch's global one (an iterator of a plain DataLoader takes one number from it).
+
+    ``batch_size`` is the global batch; ``world=(rank, world size)`` makes this process's loader
+    hand out its ``batch_size / world size`` share of every global batch of the one order
+    (:class:`aaren_bench.distributed.GlobalBatchShare`), so the saved batch count means the same
+    on any number of processes.
     """
 
     def __init__(self, dataset, *, batch_size: int = 1, shuffle: bool = True, seed: int | None = None,
-                 sampler: Sampler | None = None, generator: torch.Generator | None = None, **kwargs):
+                 sampler: Sampler | None = None, generator: torch.Generator | None = None,
+                 world: tuple[int, int] = (0, 1), **kwargs):
+        from aaren_bench.distributed import GlobalBatchShare
+
         seed = run_seed() if seed is None else int(seed)
         if sampler is None:
             sampler = EpochShuffle(len(dataset), seed, shuffle)
@@ -116,6 +124,10 @@ class ResumableLoader(DataLoader):
             generator = torch.Generator().manual_seed(seed)
         if kwargs.get("batch_sampler") is not None:
             raise ValueError("ResumableLoader batches its sampler itself; pass sampler= and batch_size=, not batch_sampler=")
+        rank, size = world
+        if size > 1:
+            sampler = GlobalBatchShare(sampler, batch_size, rank, size)
+            batch_size = sampler.share
         super().__init__(dataset, batch_size=batch_size, sampler=_Skipping(sampler), generator=generator, **kwargs)
         self._pass_epoch, self._handed_out, self._resume_at = 0, 0, None
 
@@ -153,18 +165,22 @@ def loader_workers(cap: int = 8) -> int:
     return max(0, min(cap, n - 1))
 
 
-def resumable_loader(dataset, *, batch_size: int, shuffle: bool, **kwargs) -> DataLoader:
-    """The loader of one split: a :class:`ResumableLoader` for training (``shuffle=True``), a plain
-    ``DataLoader`` in order for evaluation.
+def resumable_loader(dataset, *, batch_size: int, shuffle: bool, world: tuple[int, int] = (0, 1),
+                     **kwargs) -> DataLoader:
+    """The loader of one split on process ``world = (rank, world size)``: a :class:`ResumableLoader`
+    for training (``shuffle=True``; its share of each global batch), an evaluation loader in order
+    otherwise (its share of the samples, none repeated: :func:`aaren_bench.distributed.eval_loader`).
 
     For GPU runs: batches in pinned memory when CUDA is there (the copy to the device can overlap
     compute), and worker processes kept across epochs when there are any (``num_workers``; the
     order still comes from the sampler in this process, so a resume stays exact)."""
+    from aaren_bench.distributed import eval_loader
+
     kwargs.setdefault("pin_memory", torch.cuda.is_available())
     kwargs.setdefault("persistent_workers", kwargs.get("num_workers", 0) > 0)
     if shuffle:
-        return ResumableLoader(dataset, batch_size=batch_size, **kwargs)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, **kwargs)
+        return ResumableLoader(dataset, batch_size=batch_size, world=world, **kwargs)
+    return eval_loader(dataset, batch_size=batch_size, rank=world[0], world=world[1], **kwargs)
 
 
 # --- random number generators ---------------------------------------------------------------
@@ -297,7 +313,60 @@ def _add_epoch_sums(trainer, sums: dict) -> None:
 
 
 
-class MidEpochCheckpoint(ModelCheckpoint):
+_PATH_KEYS = ("best_model_path", "kth_best_model_path", "last_model_path")
+
+
+class RelativeCheckpoint(ModelCheckpoint):
+    """A ``ModelCheckpoint`` whose state holds its checkpoints' paths relative to its folder.
+
+    Lightning keeps absolute paths (``best_model_path``, ...) in every checkpoint, so a runs folder
+    moved, or mounted elsewhere on another node, resumes pointing at files that are gone, and a
+    copied folder tests the original folder's weights. Here the paths are stored relative to
+    ``dirpath`` and read back against the folder the callback has now; the absolute paths of an
+    older checkpoint are moved from its old folder to the current one the same way.
+    """
+
+    @property
+    def state_key(self) -> str:
+        key = super().state_key  # the key of a plain ModelCheckpoint: older checkpoints load into it
+        return key.replace(type(self).__qualname__, "ModelCheckpoint", 1) if type(self) is RelativeCheckpoint else key
+
+    def _relative(self, path):
+        if not path or not self.dirpath or not os.path.isabs(str(path)):
+            return path
+        return os.path.relpath(path, self.dirpath)
+
+    def _here(self, path, old_dir):
+        if not path or not self.dirpath:
+            return path
+        path = str(path)
+        if os.path.isabs(path):
+            if not old_dir or not path.startswith(str(old_dir).rstrip(os.sep) + os.sep):
+                return path  # somewhere else altogether: left as it is
+            path = os.path.relpath(path, old_dir)
+        return os.path.join(self.dirpath, path)
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        for key in _PATH_KEYS:
+            state[key] = self._relative(state[key])
+        state["best_k_models"] = {self._relative(k): v for k, v in state["best_k_models"].items()}
+        state["dirpath"] = "."  # the folder the checkpoint is read from
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        state = dict(state)
+        old_dir = state.get("dirpath")
+        old_dir = old_dir if old_dir and os.path.isabs(str(old_dir)) else None
+        for key in _PATH_KEYS:
+            if key in state:
+                state[key] = self._here(state[key], old_dir)
+        state["best_k_models"] = {self._here(k, old_dir): v for k, v in (state.get("best_k_models") or {}).items()}
+        state["dirpath"] = self.dirpath  # so that Lightning restores the scores as well as the paths
+        super().load_state_dict(state)
+
+
+class MidEpochCheckpoint(RelativeCheckpoint):
     """A checkpoint written during an epoch (``checkpoint_every_min``: ``train_time_interval``), but
     never after the last batch of an epoch: Lightning resumes from such a checkpoint past the
     epoch's end without running it (validation, epoch-end logging and schedulers, early stopping).

@@ -26,6 +26,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from aaren_bench.cellfiles import cell_lock, clean_stray_temp, move_aside, remove_unstarted
+from aaren_bench.cluster import Preempted, SaveOnSignal, check_launch, in_local_sweep, is_launch_zero, stopped_by_signal
+from aaren_bench.distributed import device_batch
 from aaren_bench.errors import (
     CellBusy,
     CheckpointMismatch,
@@ -45,7 +47,7 @@ from aaren_bench.results import (
     result_path,
     write_json_atomic,
 )
-from aaren_bench.resume import AtomicCheckpointIO, MidEpochCheckpoint, RunState
+from aaren_bench.resume import AtomicCheckpointIO, MidEpochCheckpoint, RelativeCheckpoint, RunState
 from aaren_bench.schema import validate
 from aaren_bench.study import Cell, measuring_overrides, run_overrides
 from aaren_bench.task import Task, load_task, optimizer_factory, parameter_split
@@ -165,23 +167,24 @@ class FiniteLoss(L.Callback):
 
 
 def make_callbacks(cfg: DictConfig, run_dir: Path, task: Task) -> list:
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.callbacks import EarlyStopping
 
     sel = task.selection(cfg)  # None: no model selection, the last weights are tested
     ckpts = str(run_dir / "checkpoints")
     cbs = [FiniteLoss(), RunState()]  # RunState: random states and elapsed time, so a resume continues bit for bit
+    cbs.append(SaveOnSignal(run_dir / "checkpoints" / "last.ckpt"))  # SIGTERM: last.ckpt at that step
     if sel:  # best.ckpt, the weights tested; the first ModelCheckpoint is trainer.checkpoint_callback
-        cbs.append(ModelCheckpoint(dirpath=ckpts, filename="best", monitor=sel.metric, mode=sel.mode, save_top_k=1,
+        cbs.append(RelativeCheckpoint(dirpath=ckpts, filename="best", monitor=sel.metric, mode=sel.mode, save_top_k=1,
                                    enable_version_counter=False))
     if cfg.trainer.get("max_steps") in (None, -1):
         # last.ckpt at every epoch end (Lightning's save_last=True writes it only when a best checkpoint
         # was written in the same step, and never at an epoch end without a monitored metric)
-        cbs.append(ModelCheckpoint(dirpath=ckpts, filename="last", monitor=None, save_top_k=1,
+        cbs.append(RelativeCheckpoint(dirpath=ckpts, filename="last", monitor=None, save_top_k=1,
                                    save_on_train_epoch_end=True, enable_version_counter=False))
     else:
         # training counted in steps (RL): Lightning resumes from an epoch-end checkpoint one batch off
         # (it replays that epoch's end), so last.ckpt is written mid-epoch (below) and when training ends
-        cbs.append(ModelCheckpoint(dirpath=ckpts, filename="last", monitor=None, save_top_k=0, save_last=True,
+        cbs.append(RelativeCheckpoint(dirpath=ckpts, filename="last", monitor=None, save_top_k=0, save_last=True,
                                    enable_version_counter=False))
     every = cfg.get("checkpoint_every_min")
     if every:  # last.ckpt also every N minutes of training, so a kill loses at most N minutes
@@ -220,6 +223,8 @@ def train(cfg: DictConfig) -> dict | None:
     """Run one cell and return its record (or the existing record when it is done)."""
     validate(cfg)  # the schema: every key's type and range, and the relations between keys
     _quiet_duplicate_logs()
+    check_launch(cfg.trainer)
+    _check_global_batch(cfg)
     cell, overrides = _identity(cfg)
     if cell.key != cfg.cell:
         raise ConfigError(f"cell={cfg.cell!r} was set by hand; the key is built from the run ({cell.key})")
@@ -227,6 +232,8 @@ def train(cfg: DictConfig) -> dict | None:
     if cell.tag:
         log.info("this run changes what is measured (%s): it is cell %s, not a paper cell",
                  ", ".join(measuring_overrides(overrides)) or f"tag={cell.tag}", cell.key)
+    if not is_launch_zero():  # another process of this run: global rank zero holds the lock and writes
+        return _follow(cfg, cell, overrides, run_dir)
     _, unreadable = read_record(result_path(run_dir))
     if unreadable:
         log.warning("%s %s: the cell is not done and runs again", result_path(run_dir), unreadable)
@@ -248,6 +255,23 @@ def train(cfg: DictConfig) -> dict | None:
         except BaseException:
             remove_unstarted(run_dir)  # a start that failed before training leaves no folder (this job holds the lock)
             raise
+
+
+def _check_global_batch(cfg: DictConfig) -> None:
+    """``task.batch_size`` is the global batch: it must split evenly over devices x nodes (refused at start)."""
+    devices, nodes = cfg.trainer.get("devices", 1), int(cfg.trainer.get("num_nodes", 1) or 1)
+    if str(devices).isdigit() and cfg.task.get("batch_size"):
+        device_batch(int(cfg.task.batch_size), int(devices) * nodes)
+
+
+def _follow(cfg: DictConfig, cell: Cell, overrides: list[str], run_dir: Path) -> None:
+    """A process other than global rank zero: it runs the same cell (its share of the data), takes no
+    lock and writes nothing; it skips a finished cell as rank zero does."""
+    debug = bool(cfg.trainer.get("fast_dev_run"))
+    if not debug and not cfg.get("restart") and cfg.skip_done and is_done(run_dir):
+        return None
+    _run(cfg, cell, overrides, run_dir, debug=debug, writer=False)
+    return None
 
 
 def _smoke(cfg: DictConfig, cell: Cell, overrides: list[str], run_dir: Path) -> dict:
@@ -310,23 +334,23 @@ def _save_config(cfg: DictConfig, overrides: list[str], run_dir: Path) -> None:
         os.replace(tmp, d / name)
 
 
-def _run(cfg: DictConfig, cell: Cell, overrides: list[str], run_dir: Path, debug: bool) -> dict:
+def _run(cfg: DictConfig, cell: Cell, overrides: list[str], run_dir: Path, debug: bool, writer: bool = True) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.get("matmul_precision", "high"))
     task, datamodule, module, backbone = build(cfg)
     params = parameter_split(module, backbone)
     log.info("parameters: %s", ", ".join(f"{k} {v:,}" for k, v in params.items()))
 
-    if not debug:
+    if not debug and writer:  # global rank zero alone writes in the cell folder
         _save_config(cfg, overrides, run_dir)
         (run_dir / FAILED_FILE).unlink(missing_ok=True)
     last = run_dir / "checkpoints" / "last.ckpt"
-    resume = str(last) if not debug and usable_checkpoint(last) else None
+    resume = str(last) if not debug and (usable_checkpoint(last) if writer else last.exists()) else None
     resume_step = None
     if resume:
         resume_step = check_checkpoint_shapes(last, module)
         log.info("resuming from %s (step %d)", resume, resume_step)
-    logger = False if debug else make_logger(cfg, run_dir, resume_step=resume_step)
+    logger = False if debug or not writer else make_logger(cfg, run_dir, resume_step=resume_step)
     callbacks = [FiniteLoss()] if debug else make_callbacks(cfg, run_dir, task)  # a smoke run leaves no checkpoint
     trainer = L.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
@@ -341,7 +365,13 @@ def _run(cfg: DictConfig, cell: Cell, overrides: list[str], run_dir: Path, debug
     t0 = time.perf_counter()
     try:
         try:
-            trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+            try:
+                trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+            except SystemExit as e:  # Lightning's stop at SIGTERM exits 0: a killed job must not look successful
+                if not stopped_by_signal(e):
+                    raise
+                raise Preempted(f"stopped by a signal (scancel, preemption, time limit) at step {trainer.global_step}; "
+                                f"run the same command to resume from {last}") from None
             # the fit time of every attempt (up to its last checkpoint) when resumed
             fit_s = run_state.elapsed() if run_state else time.perf_counter() - t0
             attempts = run_state.attempts if run_state else 1
@@ -351,7 +381,7 @@ def _run(cfg: DictConfig, cell: Cell, overrides: list[str], run_dir: Path, debug
             tested = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
             test_s = time.perf_counter() - t_test
         except RunFailed as e:
-            if not debug:
+            if not debug and writer:
                 _mark_failed(run_dir, cell, str(e))
             raise
         metrics = {k: float(v) for k, v in (tested[0] if tested else {}).items()}
@@ -374,11 +404,12 @@ def _run(cfg: DictConfig, cell: Cell, overrides: list[str], run_dir: Path, debug
             "measuring_overrides": measuring_overrides(overrides),
             "epochs": int(trainer.current_epoch),
             "global_steps": int(trainer.global_step),
-            "best_checkpoint": best,
+            "best_checkpoint": os.path.relpath(best, run_dir) if best else None,  # relative: the folder may move
             "params": params,
             "wall_time_s": {"fit": fit_s, "test": test_s, "total": fit_s + test_s},  # all attempts of the cell
             "attempts": attempts,
             "device": str(trainer.strategy.root_device),
+            "world_size": int(trainer.world_size),  # devices x nodes
             "precision": str(cfg.trainer.get("precision")),
             # float32 matrix products as run: "high" is TF32 on a GPU that has it (10-bit mantissa)
             "matmul_precision": torch.get_float32_matmul_precision(),
@@ -394,9 +425,11 @@ def _run(cfg: DictConfig, cell: Cell, overrides: list[str], run_dir: Path, debug
         if bad:
             msg = (f"test metrics are not finite or missing: {bad}; the run is not a result. "
                    f"Check the training curve in {run_dir / 'logs'}, lower the learning rate or fix the data.")
-            if not debug:
+            if not debug and writer:
                 _mark_failed(run_dir, cell, msg, record)
             raise RunFailed(msg)
+        if not writer:
+            return record
         if debug:
             print(f"\n[{cell.key}] smoke run (fast_dev_run) ok: {_summary(metrics)}; no record written")
             return record
@@ -432,6 +465,8 @@ def main_entry(cfg: DictConfig) -> float | None:
         if os.environ.get("AAREN_DEBUG") == "1":
             raise
         print(f"error: {e}", file=sys.stderr)
+        if in_local_sweep():  # reported, and the sweep goes on (cluster.SweepReport sums it up)
+            raise
         print("(set AAREN_DEBUG=1 or HYDRA_FULL_ERROR=1 for the traceback)", file=sys.stderr)
         sys.exit(e.exit_code)
     if not record:

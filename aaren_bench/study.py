@@ -15,8 +15,9 @@ Run identity (docs/protocol/matrix.md): a run whose overrides change *what is me
 (another data file, a smoke-size limit, another model size, another learning rate, ...)
 never lands in a paper cell. It gets a tag: ``tag=<name>`` when given, otherwise ``x`` and
 eight hex digits of a hash of those overrides, so that the same command resumes the same
-cell. Overrides that only change *where or how fast* it runs (seed, backbone, logger,
-paths, device, precision, workers) are neutral; the ones that pick the cell (``task``,
+cell. Overrides that only change *where or how fast* it runs (logger, paths, devices and
+nodes, which keep the global batch, workers, a kernel or block length proven equal to the
+plain path) are neutral; precision is measuring; the ones that pick the cell (``task``,
 ``dataset``, ``protocol``, ``model``, ``seed``, ``task.pred_len``) are in the key itself.
 """
 from __future__ import annotations
@@ -52,13 +53,16 @@ PAPER_DATASETS: dict[str, tuple[str, ...]] = {
                  "UWaveGestureLibrary"),
 }
 
-# Overrides that never change what a run measures: these keys exactly ...
+# Overrides that never change what a run measures: these keys exactly ... (docs/protocol/matrix.md:
+# devices, nodes and strategy keep the global batch and the evaluated samples, tests/test_distributed.py;
+# the block lengths and kernels give the result of the plain path, tests/test_ops*.py. Precision and
+# matmul precision change the numbers beyond float noise: they are measuring.)
 NEUTRAL_KEYS = (
     "seed", "model", "dataset", "task", "protocol", "tag", "trainer", "skip_done", "restart", "checkpoint_every_min",
-    "matmul_precision", "trainer.accelerator", "trainer.devices", "trainer.precision", "trainer.strategy",
+    "trainer.accelerator", "trainer.devices", "trainer.num_nodes", "trainer.strategy",
     "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.log_every_n_steps",
     "trainer.deterministic", "task.num_workers", "task.eval_threads", "model.compile",
-    "task.eval_batch",
+    "task.eval_batch", "model.use_kernel", "model.scan_chunk", "model.chunk",
 )
 # ... and everything below these.
 NEUTRAL_TREES = ("hydra", "paths", "logger", "matrix")

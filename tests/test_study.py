@@ -5,6 +5,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
 
 from aaren_bench import plan as P
 from aaren_bench.cli import main
@@ -58,14 +59,16 @@ def test_legacy_keys_and_records_read_as_their_protocol():
 
 def test_measuring_overrides_and_tags():
     neutral = ["seed=3", "model=aaren", "dataset=ETTh1", "task=forecast", "protocol=tslib", "logger=wandb",
-               "trainer=gpu", "trainer.precision=bf16-mixed", "paths.runs=/x", "hydra/launcher=slurm",
+               "trainer=gpu", "trainer.devices=2", "trainer.num_nodes=2", "trainer.strategy=ddp",
+               "model.use_kernel=true", "model.scan_chunk=8", "model.chunk=16", "paths.runs=/x", "hydra/launcher=slurm",
                "hydra.launcher.partition=gpu", "+matrix=paper", "task.pred_len=96", "task.num_workers=4",
                "skip_done=false", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
                "trainer.deterministic=true"]
     assert measuring_overrides(neutral) == []
     assert run_tag(None, neutral) is None
     measuring = ["dataset.file=/tmp/x.hdf5", "trainer.limit_train_batches=2", "model.d_model=64",
-                 "task.optimizer.lr=3e-4", "task.max_ep_len=10", "+task.extra=1"]
+                 "task.optimizer.lr=3e-4", "task.max_ep_len=10", "+task.extra=1", "trainer.precision=bf16-mixed",
+                 "matmul_precision=highest"]
     for o in measuring:
         assert measuring_overrides(neutral + [o]) == [o], o
         tag = run_tag(None, neutral + [o])
@@ -74,6 +77,17 @@ def test_measuring_overrides_and_tags():
     assert run_tag("smoke", measuring) == "smoke"
     with pytest.raises(ValueError, match="letters"):
         run_tag("a/b", [])
+
+
+def test_trainer_choices_keep_the_precision():
+    """`trainer=<choice>` is neutral, so no trainer file may change the precision (a measuring setting)
+    or the sharing of the data between processes."""
+    default = OmegaConf.load(CONF / "trainer" / "default.yaml")
+    assert default.use_distributed_sampler is False  # the datamodules share each split themselves
+    for path in sorted((CONF / "trainer").glob("*.yaml")):
+        node = OmegaConf.load(path)
+        assert node.get("precision", default.precision) == default.precision, path.name
+        assert node.get("use_distributed_sampler", False) is False, path.name
 
 
 def test_normalize_argv():

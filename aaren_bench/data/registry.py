@@ -18,6 +18,7 @@ where to put it.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib
 import importlib.util
@@ -28,6 +29,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -180,13 +182,58 @@ def fetch(name_or_spec: str | DatasetSpec, data_root: str | Path | None = None, 
         if not local.exists():
             if not download or not f.url:
                 raise DatasetNotFound(_missing_message(spec, f, local, "downloading is off" if f.url else spec.note))
-            try:
-                _fetch_one(f, local)
-            except (urllib.error.URLError, OSError, zipfile.BadZipFile, TimeoutError) as e:
-                raise DatasetNotFound(_missing_message(spec, f, local, f"download failed: {e}")) from e
+            with _download_lock(local):  # processes that share the data root download it once
+                if not local.exists():
+                    try:
+                        _fetch_one(f, local)
+                    except (urllib.error.URLError, OSError, zipfile.BadZipFile, TimeoutError) as e:
+                        raise DatasetNotFound(_missing_message(spec, f, local, f"download failed: {e}")) from e
         verify_file(local, f)
         out[f.path] = local
     return out
+
+
+@contextmanager
+def _download_lock(local: Path):
+    """An exclusive lock, in the system's temporary folder, on downloading ``local``: a second process
+    of the node waits, then finds the file in place (nothing is written to the data root before the
+    download succeeds; processes of other nodes write their own temporary files, renamed into place)."""
+    key = hashlib.sha1(str(local.resolve()).encode()).hexdigest()[:16]
+    fd = os.open(Path(tempfile.gettempdir()) / f"aaren-bench-download-{key}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def local_paths(name_or_spec: str | DatasetSpec, data_root: str | Path | None = None) -> dict[str, Path]:
+    """Where a dataset's files lie now (the data root, else a bundled copy), without downloading or
+    checking them again: for a datamodule's ``setup`` after ``prepare_data`` fetched them."""
+    spec = get(name_or_spec) if isinstance(name_or_spec, str) else name_or_spec
+    root = Path(data_root).expanduser() if data_root else default_data_root()
+    out = {}
+    for f in spec.files:
+        local, shipped = root / f.path, bundled_path(f)
+        if not local.exists() and shipped is None:
+            raise DatasetNotFound(_missing_message(spec, f, local, "it was not fetched (prepare_data)"))
+        out[f.path] = local if local.exists() else shipped
+    return out
+
+
+@dataclass(frozen=True)
+class RegistryFiles:
+    """A registered dataset's files, for a datamodule: ``fetch`` (download what is missing and verify
+    it) in ``prepare_data``, once per node, and ``paths`` (no download, no second checksum) in ``setup``."""
+
+    name: str
+    data_root: str | Path | None = None
+
+    def fetch(self) -> dict[str, Path]:
+        return fetch(self.name, self.data_root)
+
+    def paths(self) -> dict[str, Path]:
+        return local_paths(self.name, self.data_root)
 
 
 def bundled_path(f: RemoteFile) -> Path | None:
@@ -221,10 +268,14 @@ def _fetch_one(f: RemoteFile, local: Path) -> None:
             if not names:
                 raise zipfile.BadZipFile(f"{f.url} has no member {f.member}")
             local.parent.mkdir(parents=True, exist_ok=True)
-            part = local.with_name(f".{local.name}.part")
-            with z.open(names[0]) as src, open(part, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-            os.replace(part, local)
+            fd, part = tempfile.mkstemp(dir=local.parent, prefix=f".{local.name}.", suffix=".part")
+            try:
+                with z.open(names[0]) as src, os.fdopen(fd, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                os.replace(part, local)
+            except BaseException:
+                Path(part).unlink(missing_ok=True)
+                raise
 
 
 def _missing_message(spec: DatasetSpec, f: RemoteFile, local: Path, why: str) -> str:

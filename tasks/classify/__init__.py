@@ -11,15 +11,17 @@ class ClassifyTask(Task):
     metrics = ("test/acc", "test/loss")
 
     def build_datamodule(self, cfg) -> UEADataModule:
-        from tasks.classify.catalog import uea_files
+        """The files are fetched in ``prepare_data`` and read in ``setup``; the model's sizes are the catalog's."""
+        from aaren_bench.data import RegistryFiles, get
 
-        train_path, test_path = uea_files(cfg.dataset.name, cfg.paths.data_root)
+        info = get(cfg.dataset.name).info
         t = cfg.task
         return UEADataModule(
-            train_path, test_path, name=cfg.dataset.name, validation=t.validation, val_fraction=t.val_fraction,
-            split_seed=t.split_seed, standardize=t.standardize, statistics=t.statistics, std_ddof=t.std_ddof,
-            instance_norm=cfg.dataset.name in (t.instance_norm_datasets or ()), batch_size=t.batch_size,
-            num_workers=t.num_workers, nan_policy=t.nan_policy,
+            name=cfg.dataset.name, files=RegistryFiles(cfg.dataset.name, cfg.paths.data_root),
+            sizes={k: info[k] for k in ("channels", "classes", "max_len")}, validation=t.validation,
+            val_fraction=t.val_fraction, split_seed=t.split_seed, standardize=t.standardize, statistics=t.statistics,
+            std_ddof=t.std_ddof, instance_norm=cfg.dataset.name in (t.instance_norm_datasets or ()),
+            batch_size=t.batch_size, num_workers=t.num_workers, nan_policy=t.nan_policy,
         )
 
     def build_module(self, cfg, dm: UEADataModule, backbone, optimizer) -> Classifier:

@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from aaren_bench.data.checks import F32_MAX, F32_SQUARE_MAX, beyond, refetch_hint
+from aaren_bench.distributed import process_share
 from aaren_bench.errors import DataError
 from aaren_bench.resume import resumable_loader
 
@@ -187,7 +188,17 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
 
 
 class UEADataModule(L.LightningDataModule):
-    def __init__(self, train_path: Path, test_path: Path, *, name: str, validation: str = "holdout",
+    """The splits of one UEA dataset.
+
+    Two ways to give the files: ``train_path`` and ``test_path`` (read at once), or ``files``, the
+    registry's files of the dataset (:class:`aaren_bench.data.RegistryFiles`) with ``sizes``, the
+    catalog's ``channels``, ``classes`` and ``max_len``: then the files are downloaded and verified
+    in ``prepare_data`` (once per node), read in ``setup`` and checked against those sizes, and
+    building the model reads nothing.
+    """
+
+    def __init__(self, train_path: Path | None = None, test_path: Path | None = None, *, name: str,
+                 files=None, sizes: dict | None = None, validation: str = "holdout",
                  val_fraction: float = 0.2, split_seed: int = 0, standardize: bool = True,
                  statistics: str = "train", std_ddof: int = 0, instance_norm: bool = False,
                  batch_size: int = 16, num_workers: int = 0, nan_policy: str = "interpolate"):
@@ -198,11 +209,23 @@ class UEADataModule(L.LightningDataModule):
             raise ValueError(f"task.statistics must be one of {STATISTICS}, got {statistics!r}")
         if std_ddof not in (0, 1):
             raise ValueError(f"task.std_ddof must be 0 or 1, got {std_ddof!r}")
+        if (train_path is None) == (files is None) or (files is not None and not sizes):
+            raise ValueError("give train_path and test_path, or files (the registry's) with the catalog's sizes")
         self.name, self.validation, self.statistics = name, validation, statistics
         self.val_fraction, self.split_seed, self.standardize = val_fraction, split_seed, standardize
         self.std_ddof, self.instance_norm = int(std_ddof), bool(instance_norm)
-        self.batch_size, self.num_workers = batch_size, num_workers
-        train, test = read_ts(Path(train_path), nan_policy), read_ts(Path(test_path), nan_policy)
+        self.batch_size, self.num_workers, self.nan_policy = batch_size, num_workers, nan_policy
+        self.files, self.sizes = files, dict(sizes or {})
+        self._train = self._test = None
+        if files is None:
+            self._read(Path(train_path), Path(test_path))
+        else:
+            self.n_channels, self.max_len = int(self.sizes["channels"]), int(self.sizes["max_len"])
+
+    def _read(self, train_path: Path, test_path: Path) -> None:
+        """Read and check both files; set the classes, the channels and the longest length."""
+        train, test = read_ts(train_path, self.nan_policy), read_ts(test_path, self.nan_policy)
+        name = self.name
         if train.channels != test.channels:
             raise UEADataError(f"{name}: TRAIN has {train.channels} dimensions but TEST has {test.channels}; "
                              f"the two files do not belong to the same dataset")
@@ -218,13 +241,35 @@ class UEADataModule(L.LightningDataModule):
         self.n_channels = train.channels
         self._train, self._test = train, test
 
+    def _check_sizes(self) -> None:
+        """The files' sizes against the catalog's, with which the model was built; shorter series are
+        padded to the catalog's length (a subset of the data), longer ones are refused."""
+        found = {"channels": self.n_channels, "classes": len(self.classes), "max_len": self.max_len}
+        wrong = {k: (v, found[k]) for k, v in self.sizes.items()
+                 if k in found and (int(v) < found[k] if k == "max_len" else int(v) != found[k])}
+        if wrong:
+            raise UEADataError(
+                f"{self.name}: the files do not have the catalog's sizes ("
+                + ", ".join(f"{k}: catalog {a}, files {b}" for k, (a, b) in wrong.items())
+                + "); fix the entry in tasks/classify/catalog.py, or fetch the right files"
+            )
+        self.max_len = int(self.sizes.get("max_len", self.max_len))
+
     @property
     def n_classes(self) -> int:
-        return len(self.classes)
+        return len(self.classes) if self._train is not None else int(self.sizes["classes"])
+
+    def prepare_data(self) -> None:
+        if self.files is not None:  # download and verify, once per node (Lightning calls it on one process)
+            self.files.fetch()
 
     def setup(self, stage: str | None = None) -> None:
         if hasattr(self, "train_set"):
             return
+        if self._train is None:  # the registry's files: read here, once, and checked against the catalog
+            paths = self.files.paths()
+            self._read(paths[f"{self.name}/{self.name}_TRAIN.ts"], paths[f"{self.name}/{self.name}_TEST.ts"])
+            self._check_sizes()
         to_idx = {c: i for i, c in enumerate(self.classes)}
         xtr, mtr = pad(self._train.values, self.max_len)
         ytr = np.array([to_idx[c] for c in self._train.labels])
@@ -256,8 +301,10 @@ class UEADataModule(L.LightningDataModule):
 
     def _loader(self, ds, shuffle: bool) -> DataLoader:
         # training: an order drawn from (seed, epoch) that a resumed run continues mid-epoch
+        # under several processes: this one's share of each global batch / of the evaluated series
         return resumable_loader(ds, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                                drop_last=False, persistent_workers=self.num_workers > 0)
+                                drop_last=False, persistent_workers=self.num_workers > 0,
+                                world=process_share(self.trainer))
 
     def train_dataloader(self):
         return self._loader(self.train_set, True)

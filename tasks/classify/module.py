@@ -22,6 +22,8 @@ backbone is unaffected at real steps, since right padding lies in their future.
 
 ``lr_schedule``: ``none`` (constant) or ``tslib_cls`` (:func:`tslib_cls_factor`). Validation
 logs ``val/acc`` and ``val/acc_tie_later`` (:meth:`Classifier.on_validation_epoch_end`).
+Validation and test metrics are torchmetrics objects: accuracy, the mean cross-entropy and the
+number of series (``test/samples``) over the whole split, across every process of a run.
 """
 from __future__ import annotations
 
@@ -48,6 +50,15 @@ def tslib_cls_factor(epoch: int) -> float:
     """
     last = 5 * (epoch // 5)  # the last multiple of 5 among the epochs completed before this one
     return 1.0 if last == 0 else 0.5 ** (last - 1)
+
+
+def eval_metrics(n_classes: int) -> nn.ModuleDict:
+    """The metrics of an evaluated split: accuracy and mean cross-entropy over its series, and their number."""
+    from torchmetrics import MeanMetric, SumMetric
+    from torchmetrics.classification import MulticlassAccuracy
+
+    return nn.ModuleDict({"acc": MulticlassAccuracy(num_classes=n_classes, average="micro"),
+                          "loss": MeanMetric(), "samples": SumMetric()})
 
 
 class Classifier(L.LightningModule):
@@ -77,7 +88,7 @@ class Classifier(L.LightningModule):
         self.head = nn.Linear(d * max_len if readout == "flatten" else d, n_classes)
         self.readout, self.embed_kind, self.mask_padding = readout, embed, mask_padding
         self.max_len, self.n_channels, self.lr_schedule = max_len, n_channels, lr_schedule
-        self._val_counts = [0, 0]  # correct, seen: this validation epoch
+        self.eval_metrics = nn.ModuleDict({split: eval_metrics(n_classes) for split in ("val", "test")})
 
     def embed(self, x: Tensor) -> Tensor:
         """x (B, N, C) -> (B, N, D): value embedding + sinusoidal position (dropout not applied)."""
@@ -112,21 +123,23 @@ class Classifier(L.LightningModule):
         x, mask, y = batch
         logits = self(x, mask)
         loss = F.cross_entropy(logits, y)
-        hits = logits.argmax(-1) == y
-        acc = hits.float().mean()
-        # batch_size makes the epoch value the exact mean over all series
-        self.log(f"{split}/loss", loss, batch_size=len(y), prog_bar=split != "train", on_epoch=True, on_step=split == "train")
-        self.log(f"{split}/acc", acc, batch_size=len(y), prog_bar=True, on_epoch=True, on_step=False)
-        if split == "val":
-            self._val_counts[0] += int(hits.sum())
-            self._val_counts[1] += len(y)
+        if split == "train":  # the batch's values; batch_size makes the epoch value the mean over all series
+            acc = (logits.argmax(-1) == y).float().mean()
+            self.log("train/loss", loss, batch_size=len(y), on_epoch=True, on_step=True)
+            self.log("train/acc", acc, batch_size=len(y), prog_bar=True, on_epoch=True, on_step=False)
+            return loss
+        # evaluation: metric objects, summed over every series of the split (and every process) when computed
+        m = self.eval_metrics[split]
+        m["acc"].update(logits.detach(), y)
+        m["loss"].update(F.cross_entropy(logits.detach(), y, reduction="none"))
+        m["samples"].update(torch.full_like(y, 1, dtype=torch.float32))
+        self.log(f"{split}/loss", m["loss"], prog_bar=True)
+        self.log(f"{split}/acc", m["acc"], prog_bar=True)
+        self.log(f"{split}/samples", m["samples"])
         return loss
 
     def training_step(self, batch, _):
         return self._step(batch, "train")
-
-    def on_validation_epoch_start(self):
-        self._val_counts = [0, 0]
 
     def validation_step(self, batch, _):
         self._step(batch, "val")
@@ -139,12 +152,13 @@ class Classifier(L.LightningModule):
         the best is an improvement (it resets the patience and the later checkpoint is kept);
         on ``val/acc`` a tie is no improvement (the first best epoch is kept).
         """
-        correct, seen = self._val_counts
-        if not seen:
+        m = self.eval_metrics["val"]
+        if not m["samples"].update_called:
             return
+        seen = m["samples"].compute()  # every process's series (compute() adds the processes up)
         horizon = max(int(self.trainer.max_epochs or 0), self.current_epoch + 1, 1)
         later = (self.current_epoch + 1) / (horizon + 2)  # in (0, 1), increasing with the epoch
-        self.log("val/acc_tie_later", (correct + 0.5 * later) / seen)
+        self.log("val/acc_tie_later", m["acc"].compute() + 0.5 * later / seen, sync_dist=True)
 
     def test_step(self, batch, _):
         self._step(batch, "test")

@@ -7,16 +7,11 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from aaren_bench.distributed import global_mean, global_sum, process_share
 from aaren_bench.resume import resumable_loader
 from tasks.events.data import EventSeqs, collate
-from tasks.events.likelihood import (
-    MetricSums,
-    add_sums,
-    end_mark_ll,
-    metric_sums,
-    sequence_scores,
-    split_metrics,
-)
+from tasks.events.likelihood import end_mark_ll, sequence_scores
+from tasks.events.metrics import EventMetrics
 from tasks.events.model import EventModel
 
 
@@ -50,6 +45,7 @@ class EventDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             collate_fn=functools.partial(collate, seqs),  # a partial, not a lambda: worker processes pickle it
             drop_last=False,
+            world=process_share(self.trainer),  # this process's share of each global batch / of the sequences
         )
 
     def train_dataloader(self):
@@ -85,7 +81,9 @@ class EventModule(L.LightningModule):
         self.model = model
         self.optimizer_factory = optimizer
         self.loss_reduction, self.l2, self.score_end_mark = loss, float(l2), bool(score_end_mark)
-        self._sums: dict[str, MetricSums] = {}
+        # split-level sums (ours and Meta TPP's), added over every process when computed
+        marked = model.mark_head is not None
+        self.eval_metrics = torch.nn.ModuleDict({"val": EventMetrics(marked), "test": EventMetrics(marked)})
 
     def forward(self, batch):
         return self.model(batch)
@@ -101,7 +99,8 @@ class EventModule(L.LightningModule):
         nll_sum = -(sc.time_ll + sc.mark_ll + sc.surv_ll).sum()
         if self.score_end_mark:
             nll_sum = nll_sum - end_mark_ll(logits, batch).sum()
-        loss = nll_sum / n if self.loss_reduction == "mean" else nll_sum
+        # per event (or summed) over the global batch, whatever the number of processes sharing it
+        loss = global_mean(self, nll_sum, n) if self.loss_reduction == "mean" else global_sum(self, nll_sum)
         if self.l2:
             loss = loss + self.l2_penalty()
         # batch_size as a device tensor: the epoch mean is weighted by events without reading n on the host
@@ -110,15 +109,16 @@ class EventModule(L.LightningModule):
         return loss
 
     def _accumulate(self, stage: str, batch):
-        s = metric_sums(*self.model(batch), batch)
-        self._sums[stage] = add_sums(self._sums[stage], s) if stage in self._sums else s
+        self.eval_metrics[stage].update(*self.model(batch), batch)
 
     def _emit(self, stage: str):
-        s = self._sums.pop(stage, None)
-        if s is None:
+        metric = self.eval_metrics[stage]
+        if not metric.update_called:
             return
-        for k, v in split_metrics(s, marked=self.model.mark_head is not None).items():
-            self.log(f"{stage}/{k}", float(v), prog_bar=k in ("nll", "acc"))
+        values = metric.compute()  # the same on every process: sync_dist only keeps Lightning from warning
+        metric.reset()
+        for k, v in values.items():
+            self.log(f"{stage}/{k}", v, prog_bar=k in ("nll", "acc"), sync_dist=True)
 
     def validation_step(self, batch, batch_idx):
         self._accumulate("val", batch)

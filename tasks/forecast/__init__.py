@@ -1,7 +1,7 @@
 """Long-term forecasting (``task=forecast``): the suite's protocol and the Time-Series-Library's."""
 from __future__ import annotations
 
-from aaren_bench.data import fetch, get
+from aaren_bench.data import RegistryFiles, get
 from aaren_bench.errors import ConfigError
 from aaren_bench.nn.backbone import _BACKBONE_KEYS
 from aaren_bench.nn.mixers import mixer_factory
@@ -10,15 +10,15 @@ from tasks.forecast.datamodule import ForecastDataModule
 from tasks.forecast.encdec import CrossAttention, DecoderLayer, EncoderDecoder
 from tasks.forecast.frame import FREQ_FEATURES, ForecastDataError, read_series, time_features
 from tasks.forecast.head import Forecaster, instance_norm
-from tasks.forecast.metrics import ErrorSums, mse_mae
+from tasks.forecast.metrics import forecast_metrics, mse_mae, update_errors
 from tasks.forecast.module import ForecastModule
 from tasks.forecast.windows import Scaler, SplitError, WindowDataset, n_windows, split_borders
 
 __all__ = [
-    "FREQ_FEATURES", "LAYOUTS", "TASK", "CrossAttention", "DecoderLayer", "EncoderDecoder", "ErrorSums",
+    "FREQ_FEATURES", "LAYOUTS", "TASK", "CrossAttention", "DecoderLayer", "EncoderDecoder",
     "ForecastDataError", "ForecastDataModule", "ForecastModule", "ForecastTask", "Forecaster", "Scaler",
-    "SplitError", "WindowDataset", "decoder_mixer", "instance_norm", "mse_mae", "n_windows", "read_series",
-    "split_borders", "time_features",
+    "SplitError", "WindowDataset", "decoder_mixer", "forecast_metrics", "instance_norm", "mse_mae", "n_windows", "read_series",
+    "split_borders", "time_features", "update_errors",
 ]
 
 LAYOUTS = ("stack", "encoder_decoder")
@@ -39,12 +39,9 @@ class ForecastTask(Task):
 
     def build_datamodule(self, cfg) -> ForecastDataModule:
         ds, t = cfg.dataset, cfg.task
-        spec = get(ds.name)
-        paths = fetch(spec, cfg.paths.data_root)
-        if len(paths) != 1:
-            raise ValueError(f"forecasting dataset {ds.name!r} should have exactly one file, the registry lists {list(paths)}")
+        spec = get(ds.name)  # the catalog's facts (channels, sentinel); the file is fetched in prepare_data
         return ForecastDataModule(
-            path=next(iter(paths.values())),
+            path=RegistryFiles(spec.name, cfg.paths.data_root),
             split=ds.split,
             seq_len=t.seq_len,
             label_len=t.label_len,

@@ -7,6 +7,8 @@ from pathlib import Path
 import lightning as L
 from torch.utils.data import DataLoader
 
+from aaren_bench.data import RegistryFiles
+from aaren_bench.distributed import process_share
 from aaren_bench.errors import DataError
 from aaren_bench.resume import resumable_loader
 from tasks.forecast.frame import FREQ_FEATURES, read_series, time_features
@@ -18,7 +20,8 @@ log = logging.getLogger("aaren_bench")
 class ForecastDataModule(L.LightningDataModule):
     """Windows of one dataset under the Time-Series-Library protocol.
 
-    ``path`` is the CSV (from the registry via :func:`aaren_bench.data.fetch`). The scaler is
+    ``path`` is the CSV, or the registry's files of the dataset (:class:`aaren_bench.data.RegistryFiles`):
+    downloaded and verified in ``prepare_data`` (once per node), read in ``setup``. The scaler is
     fitted on the training rows only and applied to every part; metrics are computed in that
     scaled space. ``features``: ``M`` every channel, ``S`` the target alone (``n_channels`` is
     then 1). ``drop_last`` {part: bool}: whether that part's loader drops a last smaller batch
@@ -27,7 +30,7 @@ class ForecastDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        path: str | Path,
+        path: str | Path | RegistryFiles,
         split: str,
         seq_len: int = 96,
         label_len: int = 48,
@@ -43,7 +46,9 @@ class ForecastDataModule(L.LightningDataModule):
         drop_last: dict[str, bool] | None = None,
     ):
         super().__init__()
-        self.path, self.split, self.freq = Path(path), split, freq
+        self.files = path if isinstance(path, RegistryFiles) else None
+        self.path = None if self.files else Path(path)
+        self.split, self.freq = split, freq
         self.seq_len, self.label_len, self.pred_len = seq_len, label_len, pred_len
         # the file's channel count (the catalog's) is checked by read_series; the model sees n_channels
         self.n_channels = 1 if features == "S" else n_channels
@@ -56,9 +61,19 @@ class ForecastDataModule(L.LightningDataModule):
         self.scaler: Scaler | None = None
         self.borders: dict[str, tuple[int, int]] = {}
 
+    def prepare_data(self) -> None:
+        if self.files is not None:  # download and verify, once per node (Lightning calls it on one process)
+            self.files.fetch()
+
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
+        if self.path is None:
+            paths = self.files.paths()
+            if len(paths) != 1:
+                raise ValueError(f"forecasting dataset {self.files.name!r} should have exactly one file, the registry "
+                                 f"lists {list(paths)}")
+            self.path = next(iter(paths.values()))
         series = read_series(self.path, **self.read_kw)
         self.columns = series.columns
         try:  # the split and the scaling judge the file: their errors name it
@@ -84,6 +99,7 @@ class ForecastDataModule(L.LightningDataModule):
             drop_last=bool(self.drop_last.get(part, False)),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            world=process_share(self.trainer),  # this process's share of each global batch / of the windows
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tasks.forecast.metrics import ErrorSums
+from tasks.forecast.metrics import forecast_metrics, update_errors
 
 LR_SCHEDULES = ("type1", "none")
 
@@ -31,7 +31,7 @@ class ForecastModule(L.LightningModule):
         self.net = net
         self.backbone = net.backbone
         self.optimizer_factory, self.lr_schedule = optimizer, lr_schedule
-        self.sums = {"val": ErrorSums(), "test": ErrorSums()}
+        self.eval_metrics = nn.ModuleDict({"val": forecast_metrics(), "test": forecast_metrics()})
 
     def parameter_split(self) -> dict[str, int]:
         """{"embedding", "backbone", "head"}: parameter counts (the run loop records them)."""
@@ -47,30 +47,20 @@ class ForecastModule(L.LightningModule):
         return loss
 
     def _eval_step(self, part: str, batch) -> None:
+        """Accumulate the batch's errors; the logged metric objects are computed (over every window of
+        the split, on every process) at the end of the epoch. ``val/loss`` is the validation MSE."""
         x, x_mark, y, y_mark = batch
-        self.sums[part].update(self(x, x_mark, y_mark), y)
-
-    def on_validation_epoch_start(self):
-        self.sums["val"].reset()
+        m = self.eval_metrics[part]
+        update_errors(m, self(x, x_mark, y_mark), y)
+        self.log(f"{part}/loss" if part == "val" else "test/mse", m["mse"], prog_bar=part == "val")
+        self.log(f"{part}/mae", m["mae"])
+        self.log(f"{part}/samples", m["samples"])
 
     def validation_step(self, batch, batch_idx):
         self._eval_step("val", batch)
 
-    def on_validation_epoch_end(self):
-        m = self.sums["val"].compute()
-        self.log("val/loss", m["mse"], prog_bar=True)
-        self.log("val/mae", m["mae"])
-
-    def on_test_epoch_start(self):
-        self.sums["test"].reset()
-
     def test_step(self, batch, batch_idx):
         self._eval_step("test", batch)
-
-    def on_test_epoch_end(self):
-        m = self.sums["test"].compute()
-        self.log("test/mse", m["mse"])
-        self.log("test/mae", m["mae"])
 
     def configure_optimizers(self):
         opt = self.optimizer_factory(self.parameters())

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from aaren_bench.errors import ConfigError
 from aaren_bench.task import Task
-from tasks.rl.data import RLDataModule
+from tasks.rl.data import RLDataModule, resolve_file
 from tasks.rl.envs import EnvMismatchError, env_spec
 from tasks.rl.model import DecisionModel
 from tasks.rl.module import DecisionModule, Evaluation
@@ -24,7 +24,17 @@ class RLTask(Task):
     metrics = ("test/normalized_score", "test/return")
 
     def build_datamodule(self, cfg) -> RLDataModule:
-        dm = RLDataModule(cfg)
+        from aaren_bench.data import get
+
+        path, source = resolve_file(cfg)
+        info = {} if cfg.dataset.get("file") else get(cfg.dataset.name).info  # the catalog's dims of this dataset
+        t = cfg.task
+        dm = RLDataModule(path, source=source, expect_dims=(info.get("obs_dim"), info.get("act_dim")),
+                          rtg_scale=float(t.rtg_scale), context_len=int(t.context_len), batch_size=int(t.batch_size),
+                          steps_per_epoch=int(t.steps_per_epoch), seed=int(cfg.seed),
+                          sampling=str(t.get("sampling", "length")), window_start=str(t.get("window_start", "fit")),
+                          num_workers=int(t.num_workers), eval_episodes=int(t.eval_episodes),
+                          eval_batch=int(t.eval_batch), eval_curve=bool(t.get("eval_curve")))
         dm.prepare()
         spec = env_spec(cfg.dataset.env)
         if (dm.obs_dim, dm.act_dim) != (spec.obs_dim, spec.act_dim):

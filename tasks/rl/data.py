@@ -35,6 +35,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from aaren_bench.data import DatasetNotFound
+from aaren_bench.distributed import eval_loader, process_share
 from aaren_bench.errors import ConfigError
 from aaren_bench.resume import ResumableLoader
 from tasks.rl.d4rl import (
@@ -176,38 +177,48 @@ def resolve_file(cfg) -> tuple[Path, dict]:
 
 
 class RLDataModule(L.LightningDataModule):
-    def __init__(self, cfg):
+    """Training windows of one D4RL-layout file and the evaluation episodes' indices.
+
+    ``path``: the HDF5 file (:func:`resolve_file`), ``source``: where it came from (into the
+    record); ``expect_dims``: the catalog's (obs, act) dimensions, checked against the file.
+    ``batch_size`` is the global batch (shared between processes); the evaluation's
+    ``eval_episodes`` are shared between processes, each run once.
+    """
+
+    def __init__(self, path: str | Path, *, rtg_scale: float, source: dict | None = None,
+                 expect_dims: tuple[int | None, int | None] | None = None, context_len: int = 20,
+                 batch_size: int = 64, steps_per_epoch: int = 100, seed: int = 0, sampling: str = "length",
+                 window_start: str = "fit", num_workers: int = 0, eval_episodes: int = 10, eval_batch: int = 10,
+                 eval_curve: bool = False):
         super().__init__()
-        self.cfg = cfg
+        self.path, self.data_source, self.expect_dims = Path(path), source, expect_dims
+        self.rtg_scale, self.context_len, self.batch_size = float(rtg_scale), int(context_len), int(batch_size)
+        self.steps_per_epoch, self.seed, self.num_workers = int(steps_per_epoch), int(seed), int(num_workers)
+        self.sampling, self.window_start = str(sampling), str(window_start)
+        self.eval_episodes, self.eval_batch, self.eval_curve = int(eval_episodes), int(eval_batch), bool(eval_curve)
         self.trajs: list[Trajectory] | None = None
-        self.data_source: dict | None = None  # where the file came from (Task.record_extras puts it in the record)
 
     def prepare(self) -> None:
         """Load, check and split the dataset once (``build`` needs its sizes)."""
         if self.trajs is not None:
             return
-        path, source = resolve_file(self.cfg)
+        path = self.path
         data = load_d4rl(path)
-        self.path, self.data_source = path, source
         self.trajs = split_trajectories(data)
         self.obs_dim, self.act_dim = data["observations"].shape[1], data["actions"].shape[1]
-        if not self.cfg.dataset.get("file"):
-            from aaren_bench.data import get
-
-            info = get(self.cfg.dataset.name).info  # the catalog's dims of this dataset
-            want = info.get("obs_dim"), info.get("act_dim")
-            if (want[0] and want[0] != self.obs_dim) or (want[1] and want[1] != self.act_dim):
-                raise D4RLFormatError(
-                    f"{path}: observations/actions have {self.obs_dim}/{self.act_dim} dims, "
-                    f"but dataset {self.cfg.dataset.name} expects {want[0]}/{want[1]}; is it the right file?"
-                )
+        want = self.expect_dims or (None, None)
+        if (want[0] and want[0] != self.obs_dim) or (want[1] and want[1] != self.act_dim):
+            raise D4RLFormatError(
+                f"{path}: observations/actions have {self.obs_dim}/{self.act_dim} dims, "
+                f"but the dataset expects {want[0]}/{want[1]}; is it the right file?"
+            )
         self.stats = state_stats(self.trajs)
         if self.stats.constant.any():
             cols = np.nonzero(self.stats.constant)[0]
             log.warning("%s: %d observation column(s) are constant in the data (%s): they carry no information and "
                         "are held at 0 after normalisation, in training and at evaluation", path.name, len(cols),
                         _ranges(cols))
-        check_inputs(self.trajs, self.stats, float(self.cfg.task.rtg_scale), str(path))
+        check_inputs(self.trajs, self.stats, self.rtg_scale, str(path))
         lengths = np.array([len(t) for t in self.trajs])
         log.info("%s: %d transitions, %d trajectories (length %d-%d), obs %d, act %d", path.name,
                  lengths.sum(), len(lengths), lengths.min(), lengths.max(), self.obs_dim, self.act_dim)
@@ -221,23 +232,24 @@ class RLDataModule(L.LightningDataModule):
         self.prepare()
 
     def train_dataloader(self) -> DataLoader:
-        t = self.cfg.task
-        ds = WindowDataset(self.trajs, self.stats, t.context_len, t.rtg_scale)
+        ds = WindowDataset(self.trajs, self.stats, self.context_len, self.rtg_scale)
         lengths = np.array([len(x) for x in self.trajs])
-        sampler = WindowSampler(lengths, t.context_len, t.steps_per_epoch * t.batch_size, seed=int(self.cfg.seed),
-                                batch_size=int(t.batch_size), sampling=str(t.get("sampling", "length")),
-                                window_start=str(t.get("window_start", "fit")))
-        # resumable mid-epoch: the window order depends on (seed, epoch) only (aaren_bench/resume.py)
-        return ResumableLoader(ds, batch_size=t.batch_size, sampler=sampler, seed=int(self.cfg.seed),
-                               num_workers=t.num_workers, persistent_workers=t.num_workers > 0)
+        sampler = WindowSampler(lengths, self.context_len, self.steps_per_epoch * self.batch_size, seed=self.seed,
+                                batch_size=self.batch_size, sampling=self.sampling, window_start=self.window_start)
+        # resumable mid-epoch: the window order depends on (seed, epoch) only (aaren_bench/resume.py);
+        # under several processes each takes its share of every global batch of that order
+        return ResumableLoader(ds, batch_size=self.batch_size, sampler=sampler, seed=self.seed,
+                               num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                               world=process_share(self.trainer))
 
     def _episodes(self) -> DataLoader:
-        n, per = int(self.cfg.task.eval_episodes), int(self.cfg.task.eval_batch)
-        return DataLoader(torch.arange(n), batch_size=per, shuffle=False)
+        """Episode indices; under several processes each runs its share, none twice."""
+        rank, world = process_share(self.trainer)
+        return eval_loader(torch.arange(self.eval_episodes), batch_size=self.eval_batch, rank=rank, world=world)
 
     def val_dataloader(self):
         """The evaluation after every epoch (``task.eval_curve``); none without it."""
-        return self._episodes() if self.cfg.task.get("eval_curve") else []
+        return self._episodes() if self.eval_curve else []
 
     def test_dataloader(self) -> DataLoader:
         return self._episodes()

@@ -100,14 +100,18 @@ def test_sample_std_over_real_steps_as_pandas():
 
 
 def _uea_root(tmp_path: Path, names) -> Path:
-    """A data root with the same synthetic TRAIN/TEST files under each name (no pinned checksums)."""
+    """A data root with synthetic TRAIN/TEST files of each name's catalog channels and classes, shorter
+    series (no pinned checksums)."""
+    from tasks.classify.catalog import UEA
+
     rng = np.random.default_rng(1)
     for name in names:
         d = tmp_path / name
         d.mkdir(parents=True)
+        dims, classes = UEA[name][2], UEA[name][4]
         for split, n in (("TRAIN", 9), ("TEST", 6)):
-            series = [rng.normal(loc=5.0, scale=3.0, size=(rng.integers(4, 8), 3)) for _ in range(n)]
-            write_ts(d / f"{name}_{split}.ts", series, [str(i % 3) for i in range(n)], name=name)
+            series = [rng.normal(loc=5.0, scale=3.0, size=(rng.integers(4, 8), dims)) for _ in range(n)]
+            write_ts(d / f"{name}_{split}.ts", series, [str(i % classes) for i in range(n)], name=name)
     return tmp_path
 
 
@@ -141,7 +145,7 @@ def test_per_split_statistics_and_test_as_validation(tmp_path):
         assert real.mean(0).abs().max() < 1e-5 and real.std(0, unbiased=True).sub(1).abs().max() < 1e-5
     suite = TASK.build_datamodule(compose_config(["dataset=Heartbeat", f"paths.data_root={root}"]))
     suite.setup()
-    assert (suite.validation, suite.statistics) == ("holdout", "train") and len(suite.val_set) == 3
+    assert (suite.validation, suite.statistics) == ("holdout", "train") and len(suite.val_set) == 2  # 1 of each class
 
 
 # ---- the embedding --------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from aaren_bench.nn import build_backbone
-from tasks.forecast import ErrorSums, Forecaster, instance_norm, mse_mae
+from tasks.forecast import Forecaster, forecast_metrics, instance_norm, mse_mae, update_errors
 from tasks.forecast.module import ForecastModule, type1_factor
 
 KINDS = ["aaren", "transformer"]
@@ -33,18 +33,20 @@ def test_mse_mae_hand_values():
     assert mse == pytest.approx((1 + 0 + 4 + 9) / 4) and mae == pytest.approx((1 + 0 + 2 + 3) / 4)
 
 
-def test_error_sums_are_exact_over_unequal_batches():
+def test_error_metrics_are_exact_over_unequal_batches():
     g = torch.Generator().manual_seed(0)
     p, t = torch.randn(70, 8, 3, generator=g), torch.randn(70, 8, 3, generator=g)
-    s = ErrorSums()
+    m = forecast_metrics()
     for i in range(0, 70, 32):  # 32, 32, 6: a mean of batch means would weigh the last batch 5x too much
-        s.update(p[i : i + 32], t[i : i + 32])
-    out = s.compute()
+        update_errors(m, p[i : i + 32], t[i : i + 32])
     err = p.double() - t.double()
-    assert out["mse"] == pytest.approx(float((err**2).mean()), rel=1e-12)
-    assert out["mae"] == pytest.approx(float(err.abs().mean()), rel=1e-12)
-    with pytest.raises(RuntimeError, match="no predictions"):
-        ErrorSums().compute()
+    assert float(m["mse"].compute()) == pytest.approx(float((err**2).mean()), rel=1e-12)
+    assert float(m["mae"].compute()) == pytest.approx(float(err.abs().mean()), rel=1e-12)
+    assert float(m["samples"].compute()) == 70
+    m.apply(lambda x: x.reset() if hasattr(x, "reset") else None)
+    assert m["mse"].sum_squared_error.dtype == torch.float64  # the float64 sums survive a reset
+    with pytest.raises(ValueError, match="differ in shape"):
+        update_errors(m, p, t[:, :4])
 
 
 # ---------------------------------------------------------------- heads and normalisation

@@ -256,15 +256,10 @@ def test_locate_with_neither_source(tmp_path, monkeypatch):
 
 
 def test_datamodule_reads_the_hub_copy(tmp_path, loader):
-    from omegaconf import OmegaConf
-
     from tasks.rl.data import RLDataModule
 
     path = hub.fetch_from_hub("hopper-medium-expert", tmp_path, loader=loader)
-    cfg = OmegaConf.create({"paths": {"data_root": str(tmp_path)}, "seed": 0, "task": {"rtg_scale": 1000.0},
-                            "dataset": {"name": "hopper-medium-expert", "env": "hopper", "obs_dim": 11, "act_dim": 3,
-                                        "file": str(path)}})
-    dm = RLDataModule(cfg)
+    dm = RLDataModule(path, rtg_scale=1000.0, expect_dims=(11, 3))
     dm.prepare()
     assert (dm.obs_dim, dm.act_dim) == (11, 3) and len(dm.trajs) == 5
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import h5py
 import numpy as np
 import pytest
-from omegaconf import OmegaConf
 
 from tasks.rl.d4rl import D4RLFormatError, StateStats, Trajectory, check_inputs, load_d4rl, returns_to_go, state_stats
 from tasks.rl.data import RLDataModule, WindowDataset
@@ -30,12 +29,7 @@ def write(path, n=6, **override):
 
 
 def datamodule(path, rtg_scale=1000.0):
-    cfg = OmegaConf.create({
-        "paths": {"data_root": str(path.parent)},
-        "dataset": {"name": "toy", "env": "halfcheetah", "file": str(path)},
-        "task": {"rtg_scale": rtg_scale},
-    })
-    return RLDataModule(cfg)
+    return RLDataModule(path, rtg_scale=rtg_scale)
 
 
 def test_huge_finite_rewards_overflowing_the_return_to_go(tmp_path):
