@@ -132,7 +132,9 @@ def _collected_for(task, request):
     forecasting reads the generated ETTh1-layout file instead of the registry's (no download)."""
     if task == "forecast":
         path = request.getfixturevalue("etth1_like")
-        request.getfixturevalue("monkeypatch").setattr("tasks.forecast.fetch", lambda spec, root: {"ETTh1.csv": path})
+        mp = request.getfixturevalue("monkeypatch")
+        for method in ("fetch", "paths"):  # the registry's files of ETTh1 are the generated one
+            mp.setattr(f"aaren_bench.data.RegistryFiles.{method}", lambda self: {"ETTh1.csv": path})
     return request.getfixturevalue("collected") if task == "rl" else None
 
 

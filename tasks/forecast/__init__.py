@@ -27,7 +27,7 @@ LAYOUTS = ("stack", "encoder_decoder")
 def decoder_mixer(model_cfg):
     """A factory ``d_model -> mixer`` for the decoder's self-attention under the anchor's layout:
     the backbone's mixer with its options (``cfg.model``), always causal."""
-    options = {k: model_cfg[k] for k in model_cfg if k not in ("name", "mixer", *_BACKBONE_KEYS)}
+    options = {k: model_cfg[k] for k in model_cfg if k not in ("name", "mixer", "compile", *_BACKBONE_KEYS)}
     if "causal" in options:
         options["causal"] = True
     return mixer_factory(model_cfg["mixer"], **options)
