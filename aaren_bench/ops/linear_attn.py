@@ -43,7 +43,6 @@ otherwise).
 """
 from __future__ import annotations
 
-import functools
 import inspect
 from dataclasses import dataclass
 
@@ -51,7 +50,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from aaren_bench.ops.chunked import autocast_off
+from aaren_bench.ops.chunked import acc_dtype as _acc_dtype
+from aaren_bench.ops.chunked import float32_inside as _float32_inside
 from aaren_bench.ops.kernels import USED, kernel
 
 __all__ = [
@@ -83,25 +83,6 @@ class LinearAttnState:
 def feature_map(x: Tensor) -> Tensor:
     """phi(x) = elu(x) + 1 > 0 (x + 1 for x > 0, exp(x) for x <= 0)."""
     return F.elu(x) + 1.0
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _float32_inside(fn):
-    """Run ``fn`` with autocast off: its products read the float32 copies of the inputs and
-    accumulate in float32, as the module docstring says (under autocast they would read
-    bfloat16 roundings: a relative error of 4e-3 measured on the chunked forms). The output
-    still comes back in the input's dtype. Backward runs after the autocast region (as Lightning
-    runs it), so it computes in float32 too."""
-
-    @functools.wraps(fn)
-    def inner(*args, **kwargs):
-        with autocast_off(args[0]):
-            return fn(*args, **kwargs)
-
-    return inner
 
 
 def linear_attn_init_state(batch: int, heads: int, dk: int, dv: int, device=None, dtype=torch.float32) -> LinearAttnState:

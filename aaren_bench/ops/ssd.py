@@ -54,13 +54,12 @@ Optional fast path: ``ssd_chunked(..., use_kernel=True)`` calls mamba-ssm's
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from aaren_bench.ops.chunked import autocast_off
+from aaren_bench.ops.chunked import acc_dtype as _acc_dtype
+from aaren_bench.ops.chunked import float32_inside as _float32_inside
 from aaren_bench.ops.kernels import USED, kernel
 
 __all__ = [
@@ -74,25 +73,6 @@ __all__ = [
     "ssd_reference",
     "ssd_step",
 ]
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _float32_inside(fn):
-    """Run ``fn`` with autocast off: its products read the float32 copies of the inputs and
-    accumulate in float32, as the module docstring says (under autocast they would read
-    bfloat16 roundings: a relative error of 4e-3 measured on the chunked forms). The output
-    still comes back in the input's dtype. Backward runs after the autocast region (as Lightning
-    runs it), so it computes in float32 too."""
-
-    @functools.wraps(fn)
-    def inner(*args, **kwargs):
-        with autocast_off(args[0]):
-            return fn(*args, **kwargs)
-
-    return inner
 
 
 def segsum(log_a: Tensor) -> Tensor:

@@ -57,8 +57,10 @@ def eval_metrics(n_classes: int) -> nn.ModuleDict:
     from torchmetrics import MeanMetric, SumMetric
     from torchmetrics.classification import MulticlassAccuracy
 
-    return nn.ModuleDict({"acc": MulticlassAccuracy(num_classes=n_classes, average="micro"),
-                          "loss": MeanMetric(), "samples": SumMetric()})
+    # no argument checks and no NaN filtering on update: each would read the device every batch,
+    # and a NaN loss must reach the record (a failed run), not be dropped with a warning
+    return nn.ModuleDict({"acc": MulticlassAccuracy(num_classes=n_classes, average="micro", validate_args=False),
+                          "loss": MeanMetric(nan_strategy="disable"), "samples": SumMetric(nan_strategy="disable")})
 
 
 class Classifier(L.LightningModule):

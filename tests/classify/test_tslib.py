@@ -247,7 +247,7 @@ def test_ties_count_as_improvements_under_tslib(runs_dir, one_thread):
               "trainer.max_epochs=4", "trainer.limit_train_batches=1", "trainer.limit_val_batches=3"]
     rec = train(compose_config([*common, "protocol=tslib", "tag=ties"]))
     assert rec["epochs"] == 4 and rec["best_checkpoint"].endswith("best.ckpt")
-    best = torch.load(rec["best_checkpoint"], map_location="cpu", weights_only=False)
+    best = torch.load(runs_dir / rec["cell"] / rec["best_checkpoint"], map_location="cpu", weights_only=False)
     assert best["epoch"] == 3
     rec2 = train(compose_config([*common, "protocol=tslib", "task.monitor=val/acc", "tag=first"]))
     assert rec2["epochs"] == 2
