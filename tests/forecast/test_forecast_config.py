@@ -49,5 +49,5 @@ def test_fast_dev_run_on_real_etth1(shared_data, runs_dir, model):
             "task.backbone.d_model=16", "task.backbone.n_heads=2", "task.backbone.d_ff=32", "task.backbone.n_layers=1",
             f"paths.data_root={shared_data}", f"paths.runs={runs_dir}", "trainer.enable_progress_bar=false")
     rec = train(c)
-    assert set(rec["metrics"]) == {"test/mse", "test/mae"}
+    assert set(rec["metrics"]) == {"test/mse", "test/mae", "test/samples"}
     assert all(v > 0 for v in rec["metrics"].values())
