@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from torch.utils.data import DataLoader, Sampler
 
 from aaren_bench.errors import ConfigError
+from aaren_bench.resume import PassThrough
 
 
 def process_share(trainer) -> tuple[int, int]:
@@ -49,7 +50,7 @@ def device_batch(global_batch: int, world: int, key: str = "task.batch_size") ->
     return global_batch // world
 
 
-class GlobalBatchShare(Sampler[int]):
+class GlobalBatchShare(PassThrough):
     """This process's share of each global batch of an order that every process draws alike.
 
     ``sampler`` yields the global order (e.g. :class:`aaren_bench.resume.EpochShuffle`, RL's
@@ -62,15 +63,6 @@ class GlobalBatchShare(Sampler[int]):
             raise ValueError(f"rank {rank} is not in [0, {world})")
         self.sampler, self.global_batch, self.rank, self.world = sampler, int(global_batch), int(rank), int(world)
         self.share = device_batch(global_batch, world)
-
-    def set_epoch(self, epoch: int) -> None:
-        set_epoch = getattr(self.sampler, "set_epoch", None)
-        if callable(set_epoch):
-            set_epoch(epoch)
-
-    @property
-    def epoch(self) -> int:
-        return int(getattr(self.sampler, "epoch", 0))
 
     def _part(self, chunk: list) -> list:
         if len(chunk) == self.global_batch:

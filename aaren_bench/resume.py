@@ -71,12 +71,10 @@ class EpochShuffle(Sampler[int]):
         return self.n
 
 
-class _Skipping(Sampler[Any]):
-    """Wraps a sampler: the next iteration starts ``skip`` items in (then skips nothing again).
-    ``set_epoch`` and ``epoch`` are passed through, so Lightning sets the epoch as usual."""
+class PassThrough(Sampler[Any]):
+    """A sampler wrapping ``self.sampler``: ``set_epoch`` and ``epoch`` are the wrapped one's."""
 
-    def __init__(self, sampler: Sampler):
-        self.sampler, self.skip = sampler, 0
+    sampler: Sampler
 
     def set_epoch(self, epoch: int) -> None:
         set_epoch = getattr(self.sampler, "set_epoch", None)
@@ -86,6 +84,14 @@ class _Skipping(Sampler[Any]):
     @property
     def epoch(self) -> int:
         return int(getattr(self.sampler, "epoch", 0))
+
+
+class _Skipping(PassThrough):
+    """Wraps a sampler: the next iteration starts ``skip`` items in (then skips nothing again).
+    ``set_epoch`` and ``epoch`` are passed through, so Lightning sets the epoch as usual."""
+
+    def __init__(self, sampler: Sampler):
+        self.sampler, self.skip = sampler, 0
 
     def __iter__(self):
         skip, self.skip = self.skip, 0
