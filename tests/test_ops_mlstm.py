@@ -19,6 +19,7 @@ from aaren_bench.ops import (
     mlstm_reference,
     mlstm_step,
 )
+from tests.test_ops_linear_attn import GRID, grid_id  # the same shapes as linear attention
 
 TOL = {torch.float64: dict(atol=1e-10, rtol=1e-10), torch.float32: dict(atol=1e-5, rtol=1e-5)}
 
@@ -77,19 +78,6 @@ def stream(q, k, v, i_pre, f_pre, mask, initial_state=None, output_final_state=T
     return torch.stack(ys, 2), state
 
 
-GRID = [
-    # (B, H, N, Dk, Dv)
-    (1, 1, 1, 1, 1),
-    (2, 1, 2, 3, 2),
-    (3, 2, 7, 4, 5),
-    (3, 2, 33, 5, 3),
-    (2, 3, 64, 8, 8),
-    (3, 2, 129, 6, 4),
-]
-
-
-def grid_id(shape):
-    return "B{}-H{}-N{}-Dk{}-Dv{}".format(*shape)
 
 
 @pytest.mark.parametrize("forget", ["sigmoid", "exp"])
