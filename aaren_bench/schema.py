@@ -8,7 +8,7 @@ a section does not declare is an error too, so a new config key needs its line h
 (tests/test_schema.py composes every dataset, protocol and backbone and validates it).
 
 This module imports no torch: a mistake on the command line is reported in about a second.
-The choices repeat constants of the task modules (``tasks.forecast.head.HEADS``, ...); a test
+The choices repeat constants of the task modules (``tasks.forecast.model.HEADS``, ...); a test
 holds them equal.
 """
 from __future__ import annotations

@@ -209,7 +209,8 @@ def heads(args) -> dict:
     import tasks.forecast.catalog  # noqa: F401  (registers the datasets)
     from aaren_bench.data import get
     from aaren_bench.nn import build_backbone
-    from tasks.forecast import EncoderDecoder, Forecaster, decoder_mixer
+    from tasks.forecast import decoder_mixer
+    from tasks.forecast.model import EncoderDecoder, Forecaster
 
     d, dff = args.d_model, args.d_ff
     model = dict(name="transformer", mixer="transformer", d_model=d, n_layers=1, n_heads=8, d_ff=dff, dropout=0.1,

@@ -37,18 +37,19 @@ def adam(params):
 
 def classify(data: Path):
     from tasks.classify.data import UEADataModule
+    from tasks.classify.model import SeriesClassifier
     from tasks.classify.module import Classifier
 
     dm = UEADataModule(data / "Toy_TRAIN.ts", data / "Toy_TEST.ts", name="Toy", batch_size=BATCH)
     dm.setup()
-    module = Classifier(backbone(), adam, n_channels=dm.n_channels, n_classes=dm.n_classes, max_len=dm.max_len,
-                        dropout=0.0)
+    module = Classifier(SeriesClassifier(backbone(), n_channels=dm.n_channels, n_classes=dm.n_classes,
+                                         max_len=dm.max_len, dropout=0.0), adam)
     return dm, module
 
 
 def forecast(data: Path):
-    from tasks.forecast.datamodule import ForecastDataModule
-    from tasks.forecast.head import Forecaster
+    from tasks.forecast.data import ForecastDataModule
+    from tasks.forecast.model import Forecaster
     from tasks.forecast.module import ForecastModule
 
     dm = ForecastDataModule(data / "toy.csv", split="ratio", seq_len=12, label_len=4, pred_len=6, freq="h",
@@ -60,7 +61,8 @@ def forecast(data: Path):
 def events(data: Path):
     from tasks.events.data import split_sequences
     from tasks.events.model import EventModel
-    from tasks.events.module import EventDataModule, EventModule
+    from tasks.events.data import EventDataModule
+from tasks.events.module import EventModule
     from tasks.events.synthetic import generate_sin
 
     splits = split_sequences(generate_sin(n_seqs=40, t_end=10.0, seed=3), [16, 7])  # 17 test sequences

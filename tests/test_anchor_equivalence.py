@@ -149,7 +149,7 @@ UNUSED_CLASSIFY = ("enc_embedding.temporal_embedding.embed.weight",)  # built, n
 
 
 def _classify_map(sd: dict) -> dict:
-    """The anchor's classification Transformer under our Classifier's names. Its DataEmbedding
+    """The anchor's classification Transformer under our SeriesClassifier's names. Its DataEmbedding
     builds a time-feature Linear that classification never calls (``UNUSED_CLASSIFY``)."""
     proj = {"query_projection": "q_proj", "key_projection": "k_proj", "value_projection": "v_proj",
             "out_projection": "out_proj"}
@@ -178,7 +178,7 @@ def _classify_map(sd: dict) -> dict:
 
 
 def test_equivalence_tslib_classify_transformer():
-    from tasks.classify.module import Classifier
+    from tasks.classify.model import SeriesClassifier
 
     fx = fixture("tslib_classify")
     c = fx["sizes"]
@@ -186,8 +186,8 @@ def test_equivalence_tslib_classify_transformer():
                           f"task.backbone.d_ff={c['d_ff']}", f"task.backbone.n_heads={c['n_heads']}",
                           f"task.backbone.n_layers={c['e_layers']}", "logger=none"])
     t = cfg.task
-    module = Classifier(build_backbone(cfg.model), None, c["n_channels"], c["n_classes"], c["seq_len"],
-                        readout=t.readout, embed=t.embed, mask_padding=t.mask_padding, final_norm=t.final_norm).eval()
+    module = SeriesClassifier(build_backbone(cfg.model), c["n_channels"], c["n_classes"], c["seq_len"],
+                              readout=t.readout, embed=t.embed, mask_padding=t.mask_padding, final_norm=t.final_norm).eval()
     module.load_state_dict(_classify_map(fx["weights"]), strict=True)
     assert not module.backbone.blocks[0].mixer.causal  # the library's encoder sees the whole series
     with torch.no_grad():

@@ -56,20 +56,22 @@ def test_schema_choices_are_the_codes_own():
     from aaren_bench.nn.backbone import _ACTIVATIONS
     from aaren_bench.nn.mixers import MIXERS as CODE_MIXERS
     from tasks.classify import data as cd
+    from tasks.classify import model as cmodel
     from tasks.classify import module as cm
     from tasks.events import datasets as ed
     from tasks.events import model as em
     from tasks.events import module as emod
-    from tasks.forecast import LAYOUTS, embed, frame, head, windows
+    from tasks.forecast import LAYOUTS, embed, frame, windows
+    from tasks.forecast import model as fmodel
     from tasks.forecast import module as fm
     from tasks.rl import acting
     from tasks.rl import data as rd
 
     pairs = [
         (TASKS["classify"]["nan_policy"], cd.NAN_POLICIES), (TASKS["classify"]["validation"], cd.VALIDATIONS),
-        (TASKS["classify"]["statistics"], cd.STATISTICS), (TASKS["classify"]["readout"], cm.READOUTS),
-        (TASKS["classify"]["embed"], cm.EMBEDS), (TASKS["classify"]["lr_schedule"], cm.LR_SCHEDULES),
-        (TASKS["forecast"]["head"], head.HEADS), (TASKS["forecast"]["layout"], LAYOUTS),
+        (TASKS["classify"]["statistics"], cd.STATISTICS), (TASKS["classify"]["readout"], cmodel.READOUTS),
+        (TASKS["classify"]["embed"], cmodel.EMBEDS), (TASKS["classify"]["lr_schedule"], cm.LR_SCHEDULES),
+        (TASKS["forecast"]["head"], fmodel.HEADS), (TASKS["forecast"]["layout"], LAYOUTS),
         (TASKS["forecast"]["value_embedding"], embed.VALUE_EMBEDDINGS), (TASKS["forecast"]["features"], frame.FEATURES),
         (TASKS["forecast"]["sentinel_policy"], frame.SENTINEL_POLICIES), (TASKS["forecast"]["freq"], frame.FREQ_FEATURES),
         (TASKS["forecast"]["lr_schedule"], fm.LR_SCHEDULES), (DATASETS["forecast"]["split"], windows.SPLITS),

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from aaren_bench.task import Task
 from tasks.classify.data import UEADataModule
+from tasks.classify.model import SeriesClassifier
 from tasks.classify.module import Classifier
 
 
@@ -26,11 +27,12 @@ class ClassifyTask(Task):
 
     def build_module(self, cfg, dm: UEADataModule, backbone, optimizer) -> Classifier:
         t = cfg.task
-        return Classifier(backbone, optimizer, n_channels=dm.n_channels, n_classes=dm.n_classes, max_len=dm.max_len,
-                          readout=t.readout, embed=t.embed, dropout=t.backbone.dropout, mask_padding=t.mask_padding,
-                          final_norm=t.final_norm, lr_schedule=t.lr_schedule)
+        model = SeriesClassifier(backbone, n_channels=dm.n_channels, n_classes=dm.n_classes, max_len=dm.max_len,
+                                 readout=t.readout, embed=t.embed, dropout=t.backbone.dropout,
+                                 mask_padding=t.mask_padding, final_norm=t.final_norm)
+        return Classifier(model, optimizer, lr_schedule=t.lr_schedule)
 
 
 TASK = ClassifyTask()
 
-__all__ = ["TASK", "Classifier", "ClassifyTask", "UEADataModule"]
+__all__ = ["TASK", "ClassifyTask"]

@@ -7,7 +7,8 @@ from __future__ import annotations
 from aaren_bench.task import Task
 from tasks.events.datasets import load
 from tasks.events.model import EventModel
-from tasks.events.module import EventDataModule, EventModule
+from tasks.events.data import EventDataModule
+from tasks.events.module import EventModule
 
 __all__ = ["TASK", "EventsTask"]
 

@@ -1,4 +1,5 @@
-"""Event sequences: the in-memory form every loader produces, its checks, splits and batches.
+"""Event sequences: the in-memory form every loader produces, its checks, splits and batches, and
+the datamodule that serves them (:class:`EventDataModule`).
 
 A dataset is an :class:`EventSeqs`: for each sequence, strictly increasing absolute event
 times, 0-based integer marks in ``[0, num_marks)``, and an observation window
@@ -15,15 +16,20 @@ value (3.4e38) and every inter-event time must be at least its smallest normal o
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
+import lightning as L
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 from aaren_bench.data.checks import F32_MAX
+from aaren_bench.distributed import process_share
 from aaren_bench.errors import DataError
+from aaren_bench.resume import resumable_loader
 
-__all__ = ["EventDataError", "EventSeqs", "collate", "split_sequences"]
+__all__ = ["EventDataError", "EventDataModule", "EventSeqs", "collate", "split_sequences"]
 
 F32_TINY = float(np.finfo(np.float32).tiny)  # 1.2e-38: a smaller positive gap is 0 or subnormal in float32
 
@@ -260,3 +266,46 @@ def collate(seqs: EventSeqs, idx) -> dict[str, torch.Tensor]:
         "last_gap": f32(last_gap),
         "end_mark": torch.from_numpy(end_mark),
     }
+
+
+class _Index(torch.utils.data.Dataset):
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return i
+
+
+class EventDataModule(L.LightningDataModule):
+    def __init__(self, splits: dict[str, EventSeqs], batch_size: int = 16, num_workers: int = 0,
+                 data_source: dict | None = None):
+        super().__init__()
+        self.splits, self.batch_size, self.num_workers = splits, batch_size, num_workers
+        self.data_source = data_source  # what was read (datasets.Loaded.source): into the record
+        self.num_marks = splits["train"].num_marks
+        self.time_scale = splits["train"].mean_inter_time()
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        seqs = self.splits[name]
+        # training resumable mid-epoch (order from (seed, epoch) only); evaluation in order
+        return resumable_loader(
+            _Index(len(seqs)),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=functools.partial(collate, seqs),  # a partial, not a lambda: worker processes pickle it
+            drop_last=False,
+            world=process_share(self.trainer),  # this process's share of each global batch / of the sequences
+        )
+
+    def train_dataloader(self):
+        return self._loader("train", True)
+
+    def val_dataloader(self):
+        return self._loader("val", False)
+
+    def test_dataloader(self):
+        return self._loader("test", False)

@@ -1,61 +1,13 @@
-"""Lightning wrappers: the event datamodule and the THP+ training module."""
+"""The THP+ training module: loss, exact split-level metrics and the optimizer."""
 from __future__ import annotations
-
-import functools
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
 
-from aaren_bench.distributed import global_mean, global_sum, process_share
-from aaren_bench.resume import resumable_loader
-from tasks.events.data import EventSeqs, collate
+from aaren_bench.distributed import global_mean, global_sum
 from tasks.events.likelihood import end_mark_ll, sequence_scores
 from tasks.events.metrics import EventMetrics
 from tasks.events.model import EventModel
-
-
-class _Index(torch.utils.data.Dataset):
-    def __init__(self, n: int):
-        self.n = n
-
-    def __len__(self):
-        return self.n
-
-    def __getitem__(self, i):
-        return i
-
-
-class EventDataModule(L.LightningDataModule):
-    def __init__(self, splits: dict[str, EventSeqs], batch_size: int = 16, num_workers: int = 0,
-                 data_source: dict | None = None):
-        super().__init__()
-        self.splits, self.batch_size, self.num_workers = splits, batch_size, num_workers
-        self.data_source = data_source  # what was read (datasets.Loaded.source): into the record
-        self.num_marks = splits["train"].num_marks
-        self.time_scale = splits["train"].mean_inter_time()
-
-    def _loader(self, name: str, shuffle: bool) -> DataLoader:
-        seqs = self.splits[name]
-        # training resumable mid-epoch (order from (seed, epoch) only); evaluation in order
-        return resumable_loader(
-            _Index(len(seqs)),
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            collate_fn=functools.partial(collate, seqs),  # a partial, not a lambda: worker processes pickle it
-            drop_last=False,
-            world=process_share(self.trainer),  # this process's share of each global batch / of the sequences
-        )
-
-    def train_dataloader(self):
-        return self._loader("train", True)
-
-    def val_dataloader(self):
-        return self._loader("val", False)
-
-    def test_dataloader(self):
-        return self._loader("test", False)
 
 
 LOSSES = ("mean", "sum")

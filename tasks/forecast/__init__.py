@@ -6,20 +6,11 @@ from aaren_bench.errors import ConfigError
 from aaren_bench.nn.backbone import _BACKBONE_KEYS
 from aaren_bench.nn.mixers import mixer_factory
 from aaren_bench.task import Task
-from tasks.forecast.datamodule import ForecastDataModule
-from tasks.forecast.encdec import CrossAttention, DecoderLayer, EncoderDecoder
-from tasks.forecast.frame import FREQ_FEATURES, ForecastDataError, read_series, time_features
-from tasks.forecast.head import Forecaster, instance_norm
-from tasks.forecast.metrics import forecast_metrics, mse_mae, update_errors
+from tasks.forecast.data import ForecastDataModule
+from tasks.forecast.model import EncoderDecoder, Forecaster
 from tasks.forecast.module import ForecastModule
-from tasks.forecast.windows import Scaler, SplitError, WindowDataset, n_windows, split_borders
 
-__all__ = [
-    "FREQ_FEATURES", "LAYOUTS", "TASK", "CrossAttention", "DecoderLayer", "EncoderDecoder",
-    "ForecastDataError", "ForecastDataModule", "ForecastModule", "ForecastTask", "Forecaster", "Scaler",
-    "SplitError", "WindowDataset", "decoder_mixer", "forecast_metrics", "instance_norm", "mse_mae", "n_windows", "read_series",
-    "split_borders", "time_features", "update_errors",
-]
+__all__ = ["LAYOUTS", "TASK", "ForecastTask", "decoder_mixer"]
 
 LAYOUTS = ("stack", "encoder_decoder")
 

@@ -1,4 +1,5 @@
-"""The anchor's layout (``task.layout=encoder_decoder``): Time-Series-Library's Transformer at a68756f.
+"""The decoder's layers of the anchor's layout (``task.layout=encoder_decoder``, :class:`tasks.forecast.model.EncoderDecoder`):
+Time-Series-Library's Transformer at a68756f.
 
     x (B, L, C) --[DataEmbedding: circular conv + position + calendar, dropout]--> (B, L, D)
       --> encoder: the backbone (n_layers blocks; its self-attention is the mixer) --> LayerNorm
@@ -23,14 +24,9 @@ decoder's known steps are the normalised window, the output is de-normalised (as
 """
 from __future__ import annotations
 
-from typing import Callable
-
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tasks.forecast.embed import DataEmbedding
-from tasks.forecast.head import count, instance_norm
 
 _ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
 
@@ -83,54 +79,3 @@ class DecoderLayer(nn.Module):
         x = self.norm2(x + self.drop(self.cross(x, memory)))
         y = self.drop(self.ff2(self.drop(self.act(self.ff1(x)))))
         return self.norm3(x + y)
-
-
-class EncoderDecoder(nn.Module):
-    """(x (B, L, C), x_mark (B, L, F), y_mark (B, label_len + pred_len, F)) -> forecast (B, pred_len, C)."""
-
-    def __init__(self, encoder: nn.Module, decoder_mixer: Callable[[int], nn.Module], n_channels: int,
-                 n_marks: int, seq_len: int, label_len: int, pred_len: int, n_heads: int, d_ff: int,
-                 dropout: float = 0.1, activation: str = "gelu", decoder_layers: int = 1,
-                 instance_norm: bool = False, value_embedding: str = "circular_conv"):
-        super().__init__()
-        d = encoder.d_model
-        self.seq_len, self.label_len, self.pred_len, self.n_channels = seq_len, label_len, pred_len, n_channels
-        self.instance_norm = instance_norm
-        self.enc_embed = DataEmbedding(n_channels, n_marks, d, dropout, max_len=seq_len, value=value_embedding)
-        self.dec_embed = DataEmbedding(n_channels, n_marks, d, dropout, max_len=label_len + pred_len,
-                                       value=value_embedding)
-        self.backbone = encoder
-        self.enc_norm = nn.LayerNorm(d)
-        self.decoder = nn.ModuleList(
-            DecoderLayer(decoder_mixer(d), d, n_heads, d_ff, dropout, activation) for _ in range(decoder_layers)
-        )
-        self.dec_norm = nn.LayerNorm(d)
-        self.proj = nn.Linear(d, n_channels)
-
-    def parameter_split(self) -> dict[str, int]:
-        """embedding: both embeddings; backbone: the encoder's blocks; head: the encoder's final
-        LayerNorm, the decoder (its self-mixer, cross-attention, feed-forward, norms) and the projection."""
-        return {"embedding": count(self.enc_embed, self.dec_embed), "backbone": count(self.backbone),
-                "head": count(self.enc_norm, self.decoder, self.dec_norm, self.proj)}
-
-    def encode(self, z: Tensor, x_mark: Tensor) -> Tensor:
-        """(B, L, C), (B, L, F) -> encoder output (B, L, D)."""
-        h, _ = self.backbone(self.enc_embed(z, x_mark))
-        return self.enc_norm(h)
-
-    def decode(self, dec_in: Tensor, y_mark: Tensor, memory: Tensor) -> Tensor:
-        """(B, label_len + pred_len, C), (B, label_len + pred_len, F), (B, L, D) -> (B, label_len + pred_len, C)."""
-        h = self.dec_embed(dec_in, y_mark)
-        for layer in self.decoder:
-            h = layer(h, memory)
-        return self.proj(self.dec_norm(h))
-
-    def forward(self, x: Tensor, x_mark: Tensor, y_mark: Tensor) -> Tensor:
-        B, L, C = x.shape
-        if L != self.seq_len or C != self.n_channels:
-            raise ValueError(f"expected input (batch, {self.seq_len}, {self.n_channels}); got {tuple(x.shape)}")
-        z, mean, std = instance_norm(x) if self.instance_norm else (x, None, None)
-        memory = self.encode(z, x_mark)  # (B, L, D)
-        dec_in = torch.cat([z[:, L - self.label_len :], z.new_zeros(B, self.pred_len, C)], 1)  # known + zeros
-        out = self.decode(dec_in, y_mark, memory)[:, -self.pred_len :]  # (B, pred_len, C)
-        return out * std + mean if self.instance_norm else out

@@ -21,8 +21,8 @@ def type1_factor(epoch: int) -> float:
 
 
 class ForecastModule(L.LightningModule):
-    """``net``: a :class:`~tasks.forecast.head.Forecaster` (suite layout) or an
-    :class:`~tasks.forecast.encdec.EncoderDecoder` (the anchor's), (x, x_mark, y_mark) -> forecast."""
+    """``net``: a :class:`~tasks.forecast.model.Forecaster` (suite layout) or an
+    :class:`~tasks.forecast.model.EncoderDecoder` (the anchor's), (x, x_mark, y_mark) -> forecast."""
 
     def __init__(self, net: nn.Module, optimizer, lr_schedule: str = "type1"):
         super().__init__()

@@ -15,6 +15,7 @@ from aaren_bench.run import build, train
 from aaren_bench.study import compose_config
 from tasks.classify import TASK
 from tasks.classify.data import fit_scaler, instance_norm, pad
+from tasks.classify.model import SeriesClassifier
 from tasks.classify.module import Classifier, tslib_cls_factor
 from tests.classify.test_data import write_ts
 
@@ -45,7 +46,8 @@ class _LrLog(L.Callback):
 def _toy_module(lr_schedule: str, **kw) -> Classifier:
     cfg = compose_config(["model=aaren", *TINY])
     opt = lambda params: torch.optim.RAdam(params, lr=1e-3)  # noqa: E731
-    return Classifier(build_backbone(cfg.model), opt, n_channels=2, n_classes=3, max_len=6, lr_schedule=lr_schedule, **kw)
+    model = SeriesClassifier(build_backbone(cfg.model), n_channels=2, n_classes=3, max_len=6, **kw)
+    return Classifier(model, opt, lr_schedule=lr_schedule)
 
 
 def _toy_loader(n=8, seed=0):
@@ -153,7 +155,7 @@ def test_per_split_statistics_and_test_as_validation(tmp_path):
 def test_circular_embedding_by_hand():
     """Step k: W[:, :, 0] x[k-1] + W[:, :, 1] x[k] + W[:, :, 2] x[k+1], indices modulo the padded
     length, plus the sinusoidal position sin/cos(k / 10000^(2i/D)); no bias."""
-    module = _toy_module("none", embed="circular").eval()
+    module = _toy_module("none", embed="circular").model.eval()
     D = module.backbone.d_model
     assert module.value_embed.bias is None and module.value_embed.weight.shape == (D, 2, 3)
     x = torch.randn(1, 6, 2)
@@ -169,20 +171,20 @@ def test_circular_embedding_by_hand():
 
 def test_circular_embedding_init_is_kaiming_normal():
     torch.manual_seed(0)
-    w = Classifier(build_backbone(compose_config(["model=aaren", "model.d_model=256", "model.n_heads=2",
+    w = SeriesClassifier(build_backbone(compose_config(["model=aaren", "model.d_model=256", "model.n_heads=2",
                                                   "model.d_ff=16", "model.n_layers=1"]).model),
-                   None, n_channels=12, n_classes=3, max_len=6, embed="circular").value_embed.weight.detach()
+                         n_channels=12, n_classes=3, max_len=6, embed="circular").value_embed.weight.detach()
     # fan_in = 12 channels x 3 taps; gain sqrt(2) (leaky_relu, slope 0): std sqrt(2 / 36)
     assert float(w.std()) == pytest.approx(math.sqrt(2 / 36), rel=0.05)
 
 
 def test_causal_embedding_does_not_look_ahead():
-    module = _toy_module("none", embed="causal_conv").eval()
+    module = _toy_module("none", embed="causal_conv").model.eval()
     x = torch.randn(1, 6, 2)
     y = x.clone()
     y[0, 4:] += 1.0
     torch.testing.assert_close(module.embed(x)[0, :4], module.embed(y)[0, :4])
-    circular = _toy_module("none", embed="circular").eval()
+    circular = _toy_module("none", embed="circular").model.eval()
     assert not torch.allclose(circular.embed(x)[0, 3], circular.embed(y)[0, 3])  # reads step 4
 
 
@@ -197,7 +199,7 @@ def test_compose_japanesevowels_tslib(model):
     assert list(t.instance_norm_datasets) == ["EthanolConcentration"] and not t.mask_padding and t.final_norm
     assert TASK.selection(cfg).metric == "val/acc_tie_later" and t.patience == 10 and t.max_epochs == 100
     built = build(cfg)
-    assert built.module.embed_kind == "circular" and isinstance(built.module.final_norm, torch.nn.LayerNorm)
+    assert built.module.model.embed_kind == "circular" and isinstance(built.module.model.final_norm, torch.nn.LayerNorm)
     if model == "transformer":  # the library's encoder is bidirectional: so is ours under its protocol
         assert not built.backbone.blocks[0].mixer.causal
         suite = build(compose_config(["dataset=JapaneseVowels", "model=transformer"]))
@@ -232,7 +234,7 @@ def test_padding_reaches_the_bidirectional_backbone_only_under_tslib():
     x[0, 4:] = 0.0
     for mask_padding in (True, False):
         torch.manual_seed(0)
-        m = Classifier(build_backbone(cfg.model), None, 2, 3, 6, embed="linear", mask_padding=mask_padding).eval()
+        m = SeriesClassifier(build_backbone(cfg.model), 2, 3, 6, embed="linear", mask_padding=mask_padding).eval()
         seen = {}
         m.backbone.register_forward_hook(lambda mod, args, out: seen.update(mask=args[1]))
         m(x, mask)

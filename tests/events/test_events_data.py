@@ -215,7 +215,7 @@ def test_loaders_pickle_for_worker_processes():
 
     import torch
 
-    from tasks.events.module import EventDataModule
+    from tasks.events.data import EventDataModule
     from tasks.events.synthetic import generate_sin
 
     seqs = generate_sin(n_seqs=12, t_end=20.0, seed=0)

@@ -6,7 +6,9 @@ import pandas as pd
 import pytest
 
 from aaren_bench.data import DatasetNotFound, fetch, get
-from tasks.forecast import ForecastDataError, ForecastDataModule, SplitError, read_series, split_borders
+from tasks.forecast.data import ForecastDataModule
+from tasks.forecast.frame import ForecastDataError, read_series
+from tasks.forecast.windows import SplitError, split_borders
 
 
 def frame(n=40, start="2021-03-01"):

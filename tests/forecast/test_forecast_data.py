@@ -5,7 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.forecast import ForecastDataModule, Scaler, WindowDataset, n_windows, read_series, split_borders, time_features
+from tasks.forecast.data import ForecastDataModule
+from tasks.forecast.frame import read_series, time_features
+from tasks.forecast.windows import Scaler, WindowDataset, n_windows, split_borders
 
 
 def write_csv(path, n=400, channels=("a", "b", "OT"), start="2020-01-01", freq="h", values=None):

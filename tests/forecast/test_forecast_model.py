@@ -7,7 +7,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from aaren_bench.nn import build_backbone
-from tasks.forecast import Forecaster, forecast_metrics, instance_norm, mse_mae, update_errors
+from tasks.forecast.metrics import forecast_metrics, mse_mae, update_errors
+from tasks.forecast.model import Forecaster, instance_norm
 from tasks.forecast.module import ForecastModule, type1_factor
 
 KINDS = ["aaren", "transformer"]

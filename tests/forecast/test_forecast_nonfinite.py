@@ -5,7 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.forecast import ForecastDataError, Scaler, read_series
+from tasks.forecast.frame import ForecastDataError, read_series
+from tasks.forecast.windows import Scaler
 
 
 def frame(n=40):

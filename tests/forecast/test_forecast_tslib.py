@@ -13,7 +13,9 @@ import torch
 
 from aaren_bench.nn import build_backbone
 from aaren_bench.study import compose_config
-from tasks.forecast import TASK, EncoderDecoder, ForecastDataModule, Forecaster, decoder_mixer
+from tasks.forecast import TASK, decoder_mixer
+from tasks.forecast.data import ForecastDataModule
+from tasks.forecast.model import EncoderDecoder, Forecaster
 from tasks.forecast.embed import DataEmbedding
 from tasks.forecast.module import ForecastModule
 
