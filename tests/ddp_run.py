@@ -59,10 +59,9 @@ def forecast(data: Path):
 
 
 def events(data: Path):
-    from tasks.events.data import split_sequences
+    from tasks.events.data import EventDataModule, split_sequences
     from tasks.events.model import EventModel
-    from tasks.events.data import EventDataModule
-from tasks.events.module import EventModule
+    from tasks.events.module import EventModule
     from tasks.events.synthetic import generate_sin
 
     splits = split_sequences(generate_sin(n_seqs=40, t_end=10.0, seed=3), [16, 7])  # 17 test sequences
@@ -77,7 +76,7 @@ def rl(data: Path):
 
     dm = RLDataModule(data / "collected.hdf5", rtg_scale=1000.0, context_len=5, batch_size=BATCH,
                       steps_per_epoch=STEPS, eval_episodes=3, eval_batch=2)
-    dm.prepare()
+    dm.setup()
     model = DecisionModel(backbone(), dm.obs_dim, dm.act_dim, 64)
     model.set_state_stats(dm.stats)
     evaluation = Evaluation(env="halfcheetah", targets=(6000.0,), rtg_scale=1000.0, context_len=5, episodes=3,

@@ -16,7 +16,6 @@ import warnings
 from dataclasses import dataclass
 from types import SimpleNamespace
 
-import numpy as np
 import torch
 
 from aaren_bench.task import load_task, optimizer_factory
@@ -42,12 +41,8 @@ def _sizes(task: str, cfg) -> SimpleNamespace:
     if task == "forecast":
         return SimpleNamespace(n_channels=7, n_marks=4)
     if task == "events":
-        return SimpleNamespace(num_marks=1, time_scale=1.0)
-    from tasks.rl.d4rl import StateStats
-
-    S, A = 17, 6
-    stats = StateStats(np.zeros(S, np.float32), np.ones(S, np.float32), np.zeros(S, bool))
-    return SimpleNamespace(obs_dim=S, act_dim=A, stats=stats, longest_episode=int(cfg.task.max_ep_len))
+        return SimpleNamespace(num_marks=1)
+    return SimpleNamespace(obs_dim=17, act_dim=6)  # the statistics keep their defaults: mean 0, std 1
 
 
 def _batch(task: str, cfg, dm, B: int, N: int | None, g: torch.Generator):

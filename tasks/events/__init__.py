@@ -5,9 +5,9 @@ See docs/protocol/events.md for the protocol and every departure from Meta TPP.
 from __future__ import annotations
 
 from aaren_bench.task import Task
+from tasks.events.data import EventDataModule
 from tasks.events.datasets import load
 from tasks.events.model import EventModel
-from tasks.events.data import EventDataModule
 from tasks.events.module import EventModule
 
 __all__ = ["TASK", "EventsTask"]

@@ -9,7 +9,6 @@ from tasks.events.likelihood import end_mark_ll, sequence_scores
 from tasks.events.metrics import EventMetrics
 from tasks.events.model import EventModel
 
-
 LOSSES = ("mean", "sum")
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
 _ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu}
 
 

@@ -99,6 +99,16 @@ def load_d4rl(path: str | Path) -> dict[str, np.ndarray]:
         }
 
 
+def d4rl_dims(path: str | Path) -> tuple[int, int]:
+    """(obs_dim, act_dim) from a D4RL file's header: the arrays' shapes, no values read."""
+    try:
+        with h5py.File(path, "r") as f:
+            return int(f["observations"].shape[1]), int(f["actions"].shape[1])
+    except (OSError, KeyError, IndexError) as e:
+        raise D4RLFormatError(f"{path}: no (N, obs) observations and (N, act) actions arrays to size the model "
+                              f"({e}); {refetch_hint(Path(path), 'rl')}") from e
+
+
 def check_arrays(data: dict[str, np.ndarray], where: str = "dataset") -> None:
     """Shapes agree (N rows everywhere), ranks and dtypes are right, values are finite in float32."""
     for k in REQUIRED_KEYS:

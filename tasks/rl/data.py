@@ -27,6 +27,7 @@ simulator (``tasks.rl.acting``).
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -133,86 +134,124 @@ class WindowDataset(Dataset):
         return len(self.rtg)
 
 
-def resolve_file(cfg) -> tuple[Path, dict]:
-    """The HDF5 file of ``cfg.dataset`` and where it came from (stored in the result record).
+@dataclass(frozen=True)
+class RLFile:
+    """Which HDF5 file a run reads: ``file`` (a D4RL-layout file; relative: under ``data_root``),
+    else the catalog's dataset ``name`` by ``source`` (``auto`` | ``d4rl`` | ``hub``); ``env`` names
+    the environment in messages."""
 
-    - ``dataset.file`` when given (a relative path lives under ``paths.data_root``);
+    data_root: Path
+    name: str
+    env: str = ""
+    file: str | None = None
+    source: str = "auto"
+
+
+def given_file(where: RLFile) -> Path:
+    """``where.file`` as a path (relative: under the data root); it must exist."""
+    path = Path(where.file).expanduser()
+    path = path if path.is_absolute() else Path(where.data_root).expanduser() / path
+    if not path.exists():
+        raise DatasetNotFound(
+            f"dataset.file={path} does not exist; write one with "
+            f"`aaren-bench collect --env {where.env} --out {path}` or place a D4RL-layout HDF5 file there"
+        )
+    return path
+
+
+def resolve_file(where: RLFile, download: bool = True) -> tuple[Path, dict]:
+    """The HDF5 file and where it came from (stored in the result record).
+
+    - ``file`` when given (a relative path lives under ``data_root``);
     - a dataset made here (``halfcheetah-collected``): its file in the data root, written
       beforehand by ``aaren-bench collect --dataset <name>``; nothing is written here;
-    - a D4RL dataset, by ``dataset.source``: ``auto`` (the canonical file if present, else a
+    - a D4RL dataset, by ``source``: ``auto`` (the canonical file if present, else a
       verified Hugging Face hub copy, else a D4RL download, else a hub conversion:
       ``tasks.rl.hub.locate``), ``d4rl`` (the canonical file only) or ``hub`` (the hub copy
       only). When no source gives it, the error names both sources and where each file goes.
+
+    ``download=False`` (a process that did not prepare the data) finds what is there and
+    downloads or converts nothing.
     """
     from aaren_bench.data import fetch, get, sha256sum
     from tasks.rl import hub
 
-    data_root = Path(cfg.paths.data_root).expanduser()
-    file = cfg.dataset.get("file")
-    if file:
-        path = Path(file).expanduser()
-        path = path if path.is_absolute() else data_root / path
-        if not path.exists():
-            raise DatasetNotFound(
-                f"dataset.file={path} does not exist; write one with "
-                f"`aaren-bench collect --env {cfg.dataset.env} --out {path}` or place a D4RL-layout HDF5 file there"
-            )
+    data_root = Path(where.data_root).expanduser()
+    if where.file:
+        path = given_file(where)
         return path, {"source": "file", "file": str(path), "sha256": sha256sum(path)}
-    spec = get(cfg.dataset.name)
-    source = str(cfg.dataset.get("source") or "auto")
-    if source not in SOURCES:
-        raise ConfigError(f"dataset.source must be one of {SOURCES}; got {source!r}")
+    spec = get(where.name)
+    if where.source not in SOURCES:
+        raise ConfigError(f"dataset.source must be one of {SOURCES}; got {where.source!r}")
     recipe = spec.info.get("collect")
     if recipe:
-        if source == "hub":
+        if where.source == "hub":
             raise ConfigError(f"dataset {spec.name!r} is made on this machine (aaren-bench collect), not on the hub; "
                               f"drop dataset.source=hub")
         path = next(iter(fetch(spec, data_root, download=False).values()))
         return path, {"source": "aaren-bench collect", "file": spec.files[0].path, "recipe": dict(recipe),
                       "sha256": sha256sum(path)}
-    if source == "hub":
-        path = hub.fetch_from_hub(spec, data_root)
+    if where.source == "hub":
+        path = hub.fetch_from_hub(spec, data_root) if download else hub.hub_paths(spec, data_root)[0]
+        if not path.exists():
+            raise DatasetNotFound(f"{path} is not there: the process that prepares the data (Lightning's "
+                                  f"prepare_data) converts it; run `python -m tasks.rl.hub {spec.name}` once")
         return path, hub.verify_hub_copy(spec, data_root)
-    return hub.locate(spec, data_root, use_hub=source == "auto")
+    return hub.locate(spec, data_root, use_hub=where.source == "auto", download=download)
 
 
 class RLDataModule(L.LightningDataModule):
     """Training windows of one D4RL-layout file and the evaluation episodes' indices.
 
-    ``path``: the HDF5 file (:func:`resolve_file`), ``source``: where it came from (into the
-    record); ``expect_dims``: the catalog's (obs, act) dimensions, checked against the file.
-    ``batch_size`` is the global batch (shared between processes); the evaluation's
-    ``eval_episodes`` are shared between processes, each run once.
+    ``file``: which file (:class:`RLFile`, or a path). ``prepare_data`` (once per node) finds it,
+    downloading or converting what is missing; ``setup`` reads it once: trajectories, the state
+    statistics, the longest trajectory. ``obs_dim``/``act_dim``: the catalog's (or the file
+    header's) dimensions, known before any read and checked against the data (None: the
+    file's). The statistics travel in the checkpoint (``state_dict``): a resumed run keeps
+    the ones it started with. ``batch_size`` is the global batch (shared between processes);
+    the evaluation's ``eval_episodes`` are shared between processes, each run once.
     """
 
-    def __init__(self, path: str | Path, *, rtg_scale: float, source: dict | None = None,
-                 expect_dims: tuple[int | None, int | None] | None = None, context_len: int = 20,
-                 batch_size: int = 64, steps_per_epoch: int = 100, seed: int = 0, sampling: str = "length",
-                 window_start: str = "fit", num_workers: int = 0, eval_episodes: int = 10, eval_batch: int = 10,
-                 eval_curve: bool = False):
+    def __init__(self, file: RLFile | str | Path, *, rtg_scale: float, obs_dim: int | None = None,
+                 act_dim: int | None = None, context_len: int = 20, batch_size: int = 64, steps_per_epoch: int = 100,
+                 seed: int = 0, sampling: str = "length", window_start: str = "fit", num_workers: int = 0,
+                 eval_episodes: int = 10, eval_batch: int = 10, eval_curve: bool = False):
         super().__init__()
-        self.path, self.data_source, self.expect_dims = Path(path), source, expect_dims
+        if not isinstance(file, RLFile):
+            file = RLFile(data_root=Path("."), name=Path(file).stem, file=str(file))
+        self.file, self.obs_dim, self.act_dim = file, obs_dim, act_dim
         self.rtg_scale, self.context_len, self.batch_size = float(rtg_scale), int(context_len), int(batch_size)
         self.steps_per_epoch, self.seed, self.num_workers = int(steps_per_epoch), int(seed), int(num_workers)
         self.sampling, self.window_start = str(sampling), str(window_start)
         self.eval_episodes, self.eval_batch, self.eval_curve = int(eval_episodes), int(eval_batch), bool(eval_curve)
+        self.path: Path | None = None
+        self.data_source: dict | None = None
         self.trajs: list[Trajectory] | None = None
+        self.stats: StateStats | None = None
 
-    def prepare(self) -> None:
-        """Load, check and split the dataset once (``build`` needs its sizes)."""
+    def prepare_data(self) -> None:
+        """Find the file, downloading or converting it when missing (one process per node)."""
+        self.path, self.data_source = resolve_file(self.file, download=True)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read, check and split the file, once per process."""
         if self.trajs is not None:
             return
-        path = self.path
+        if self.path is None:  # a process that did not prepare the data: find it, download nothing
+            self.path, self.data_source = resolve_file(self.file, download=False)
+        self._read(self.path)
+
+    def _read(self, path: Path) -> None:
         data = load_d4rl(path)
         self.trajs = split_trajectories(data)
-        self.obs_dim, self.act_dim = data["observations"].shape[1], data["actions"].shape[1]
-        want = self.expect_dims or (None, None)
-        if (want[0] and want[0] != self.obs_dim) or (want[1] and want[1] != self.act_dim):
+        dims = data["observations"].shape[1], data["actions"].shape[1]
+        if (self.obs_dim or dims[0], self.act_dim or dims[1]) != dims:
             raise D4RLFormatError(
-                f"{path}: observations/actions have {self.obs_dim}/{self.act_dim} dims, "
-                f"but the dataset expects {want[0]}/{want[1]}; is it the right file?"
+                f"{path}: observations/actions have {dims[0]}/{dims[1]} dims, "
+                f"but the dataset expects {self.obs_dim}/{self.act_dim}; is it the right file?"
             )
-        self.stats = state_stats(self.trajs)
+        self.obs_dim, self.act_dim = dims
+        self.stats = self.stats or state_stats(self.trajs)  # restored from a checkpoint: kept
         if self.stats.constant.any():
             cols = np.nonzero(self.stats.constant)[0]
             log.warning("%s: %d observation column(s) are constant in the data (%s): they carry no information and "
@@ -223,13 +262,21 @@ class RLDataModule(L.LightningDataModule):
         log.info("%s: %d transitions, %d trajectories (length %d-%d), obs %d, act %d", path.name,
                  lengths.sum(), len(lengths), lengths.min(), lengths.max(), self.obs_dim, self.act_dim)
 
+    def state_dict(self) -> dict:
+        """The state statistics the model was trained with (into the checkpoint)."""
+        s = self.stats  # tensors: a checkpoint is loaded with weights_only, which refuses numpy arrays
+        return {} if s is None else {k: torch.from_numpy(np.asarray(v)) for k, v in
+                                     (("state_mean", s.mean), ("state_std", s.std), ("state_constant", s.constant))}
+
+    def load_state_dict(self, state: dict) -> None:
+        """A resumed or tested run normalises with the checkpoint's statistics, not the data's."""
+        if "state_mean" in state:
+            self.stats = StateStats(*(state[k].cpu().numpy() for k in ("state_mean", "state_std", "state_constant")))
+
     @property
     def longest_episode(self) -> int:
         """Steps of the longest trajectory (its time steps must fit the model's embedding)."""
         return max(len(t) for t in self.trajs)
-
-    def setup(self, stage: str | None = None) -> None:
-        self.prepare()
 
     def train_dataloader(self) -> DataLoader:
         ds = WindowDataset(self.trajs, self.stats, self.context_len, self.rtg_scale)

@@ -67,27 +67,6 @@ class Evaluation:
     def target_return(self) -> float:
         return self.targets[0]
 
-    @classmethod
-    def from_cfg(cls, cfg) -> "Evaluation":
-        t = cfg.task
-        return cls(env=str(cfg.dataset.env), targets=target_returns(cfg), rtg_scale=float(t.rtg_scale),
-                   context_len=int(t.context_len), acting=str(t.acting), episodes=int(t.eval_episodes),
-                   max_ep_len=int(t.max_ep_len), debug_ep_len=int(t.debug_ep_len), eval_seed=int(t.eval_seed),
-                   seed=int(cfg.seed), threads=int(t.eval_threads), final_is_test=not t.get("monitor"))
-
-
-def target_returns(cfg) -> tuple[float, ...]:
-    """The protocol's targets for this env (``task.target_returns.<env>``, e.g. kzl DT's two), else
-    the dataset's ``target_return``."""
-    per_env = cfg.task.get("target_returns") or {}
-    targets = per_env.get(str(cfg.dataset.env)) if hasattr(per_env, "get") else None
-    if targets is None:
-        return (float(cfg.dataset.target_return),)
-    targets = tuple(float(x) for x in targets)
-    if not targets:
-        raise ValueError(f"task.target_returns.{cfg.dataset.env} is empty; give at least one target return")
-    return targets
-
 
 def summarize(env: str, returns: np.ndarray, lengths: np.ndarray) -> dict[str, float]:
     scores = normalized_score(env, returns)
@@ -144,6 +123,17 @@ class DecisionModule(L.LightningModule):
         # the episodes of the running evaluation, gathered from every process when computed
         shape = (len(evaluation.targets), evaluation.episodes)
         self.episode_results = torch.nn.ModuleDict({"val": EpisodeResults(*shape), "test": EpisodeResults(*shape)})
+
+    def setup(self, stage: str) -> None:
+        """The datamodule's state statistics into the model's buffers (read in its ``setup``, or
+        restored with a checkpoint, which then restores the same buffers), and the horizon check."""
+        self.adopt_statistics(self.trainer.datamodule)
+
+    def adopt_statistics(self, dm) -> None:
+        """``dm``: an :class:`~tasks.rl.data.RLDataModule` after ``setup`` (None: nothing to take)."""
+        if dm is not None and getattr(dm, "stats", None) is not None:
+            self.model.set_state_stats(dm.stats)
+            self.model.check_horizon(dm.longest_episode)
 
     def parameter_split(self) -> dict[str, int]:
         count = lambda ps: sum(p.numel() for p in ps)  # noqa: E731

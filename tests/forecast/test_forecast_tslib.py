@@ -15,8 +15,8 @@ from aaren_bench.nn import build_backbone
 from aaren_bench.study import compose_config
 from tasks.forecast import TASK, decoder_mixer
 from tasks.forecast.data import ForecastDataModule
-from tasks.forecast.model import EncoderDecoder, Forecaster
 from tasks.forecast.embed import DataEmbedding
+from tasks.forecast.model import EncoderDecoder, Forecaster
 from tasks.forecast.module import ForecastModule
 
 MODELS = ["aaren", "transformer", "linear_attn", "mamba2", "mlstm", "ttt"]

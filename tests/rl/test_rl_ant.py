@@ -61,10 +61,19 @@ def test_gymnasium_contact_forces_are_not_zero():
     assert seen > 0.1  # normalised with the data's std (+1e-6) these would be > 1e5
 
 
+def _read(cfg):
+    """The built datamodule and module after the data is read, as the trainer leaves them."""
+    _, dm, module, _ = build(cfg)
+    dm.prepare_data()
+    dm.setup("fit")
+    module.adopt_statistics(dm)
+    return dm, module
+
+
 def test_constant_columns_of_the_data_are_found(ant_file):
     data = load_d4rl(ant_file)
     assert data["observations"].shape[1] == 111 and not data["observations"][:, CONTACT].any()
-    _, dm, module, _ = build(compose_config(["dataset=ant-medium", f"dataset.file={ant_file}", *TINY]))
+    dm, module = _read(compose_config(["dataset=ant-medium", f"dataset.file={ant_file}", *TINY]))
     assert dm.stats.constant[CONTACT].all() and not dm.stats.constant[:27].any()
     assert (module.model.state_std[CONTACT] == 1).all() and (module.model.state_keep[CONTACT] == 0).all()
 
@@ -75,7 +84,7 @@ def test_evaluation_inputs_stay_bounded(ant_file, monkeypatch, contact_forces):
     fills the constant columns (the old Ant-v4 set-up) cannot push them to ~1e6."""
     if contact_forces:
         monkeypatch.setitem(envs.ENVS, "ant", envs.EnvSpec("Ant-v4", 111, 8, {"use_contact_forces": True}))
-    _, dm, module, _ = build(compose_config(["dataset=ant-medium", f"dataset.file={ant_file}", *TINY]))
+    _, module = _read(compose_config(["dataset=ant-medium", f"dataset.file={ant_file}", *TINY]))
     seen, raw = [], []
     normalize = module.model.normalize
 

@@ -259,8 +259,8 @@ def test_datamodule_reads_the_hub_copy(tmp_path, loader):
     from tasks.rl.data import RLDataModule
 
     path = hub.fetch_from_hub("hopper-medium-expert", tmp_path, loader=loader)
-    dm = RLDataModule(path, rtg_scale=1000.0, expect_dims=(11, 3))
-    dm.prepare()
+    dm = RLDataModule(path, rtg_scale=1000.0, obs_dim=11, act_dim=3)
+    dm.setup()
     assert (dm.obs_dim, dm.act_dim) == (11, 3) and len(dm.trajs) == 5
 
 
@@ -313,6 +313,7 @@ def test_hub_copy_reaches_the_record_with_its_source(tmp_path, loader, monkeypat
 def test_dataset_source_hub_on_request(tmp_path, loader, monkeypatch):
     """dataset.source=hub takes the hub copy even beside a canonical file; d4rl refuses the hub copy."""
     from aaren_bench.study import compose_config
+    from tasks.rl import rl_file
     from tasks.rl.data import resolve_file
 
     no_download(monkeypatch)
@@ -320,10 +321,10 @@ def test_dataset_source_hub_on_request(tmp_path, loader, monkeypatch):
     canonical = tmp_path / get("hopper-medium").files[0].path
     canonical.write_bytes(path.read_bytes())
     cfg = compose_config(["dataset=hopper-medium", f"paths.data_root={tmp_path}", "dataset.source=hub"])
-    assert resolve_file(cfg) == (path, hub.verify_hub_copy("hopper-medium", tmp_path))
+    assert resolve_file(rl_file(cfg)) == (path, hub.verify_hub_copy("hopper-medium", tmp_path))
     cfg = compose_config(["dataset=hopper-medium", f"paths.data_root={tmp_path}"])
-    assert resolve_file(cfg)[1]["source"] == "d4rl"
+    assert resolve_file(rl_file(cfg))[1]["source"] == "d4rl"
     canonical.unlink()
     cfg = compose_config(["dataset=hopper-medium", f"paths.data_root={tmp_path}", "dataset.source=d4rl"])
     with pytest.raises(DatasetNotFound, match="gym_mujoco_v2/hopper_medium-v2.hdf5"):
-        resolve_file(cfg)
+        resolve_file(rl_file(cfg))

@@ -36,7 +36,7 @@ def test_huge_finite_rewards_overflowing_the_return_to_go(tmp_path):
     p = write(tmp_path / "x.hdf5", rewards=np.full(6, 3e38, np.float32))  # each finite, their sum is not in float32
     with pytest.raises(D4RLFormatError, match=r"x.hdf5: the return-to-go of trajectory 0 \(length 3\) reaches 9e\+35 at "
                                               r"step 0 after dividing by task.rtg_scale=1000.*raise task.rtg_scale"):
-        datamodule(p).prepare()
+        datamodule(p).setup()
 
 
 def test_return_to_go_is_scaled_before_the_float32_cast():
@@ -47,20 +47,20 @@ def test_return_to_go_is_scaled_before_the_float32_cast():
 
 def test_moderate_rewards_pass_the_check(tmp_path):
     dm = datamodule(write(tmp_path / "x.hdf5", rewards=np.full(6, 1e15, np.float32)))
-    dm.prepare()  # 3e15 / 1000: large but safe
+    dm.setup()  # 3e15 / 1000: large but safe
     assert len(dm.trajs) == 2
 
 
 def test_bad_rtg_scale(tmp_path):
     with pytest.raises(ValueError, match="rtg_scale must be a positive number"):
-        datamodule(write(tmp_path / "x.hdf5"), rtg_scale=0.0).prepare()
+        datamodule(write(tmp_path / "x.hdf5"), rtg_scale=0.0).setup()
 
 
 def test_huge_actions_are_refused(tmp_path):
     a = np.zeros((6, 2), np.float32)
     a[4, 1] = 1e20
     with pytest.raises(D4RLFormatError, match=r"actions of trajectory 1 reach 1e\+20 at step 1, dimension 1"):
-        datamodule(write(tmp_path / "x.hdf5", actions=a)).prepare()
+        datamodule(write(tmp_path / "x.hdf5", actions=a)).setup()
 
 
 def test_states_at_float32_extremes_normalise_to_finite_values():

@@ -79,7 +79,7 @@ def test_missing_collected_file_names_the_collect_command(tmp_path, runs_dir):
     """Nothing is written on first use: the message says which command writes the file, and where."""
     cfg = compose_rl("dataset=halfcheetah-collected", f"paths.data_root={tmp_path}", *TINY)
     with pytest.raises(DatasetNotFound, match=r"aaren-bench collect --dataset halfcheetah-collected"):
-        build(cfg)
+        build(cfg).datamodule.prepare_data()
     assert not (tmp_path / "d4rl").exists()
 
 
@@ -101,13 +101,13 @@ def test_d4rl_dataset_absent_offline_names_the_url(tmp_path, monkeypatch):
     monkeypatch.setattr("urllib.request.urlopen", offline)
     cfg = compose_rl("dataset=walker2d-medium-replay", f"paths.data_root={tmp_path}", *TINY)
     with pytest.raises(DatasetNotFound, match="gym_mujoco_v2/walker2d_medium_replay-v2.hdf5") as e:
-        build(cfg)  # HF_HUB_OFFLINE=1 (conftest): the hub is not contacted either
+        build(cfg).datamodule.prepare_data()  # HF_HUB_OFFLINE=1 (conftest): the hub is not contacted either
     msg = str(e.value)
     assert "decision_transformer_gym_replay" in msg and "walker2d-medium-replay-v2" in msg  # the second source
     assert "HF_HUB_OFFLINE=1" in msg
     cfg = compose_rl("dataset=ant-medium", f"paths.data_root={tmp_path}", *TINY)
     with pytest.raises(DatasetNotFound, match="gym_mujoco_v2/ant_medium-v2.hdf5") as e:
-        build(cfg)
+        build(cfg).datamodule.prepare_data()
     assert "has no ant data" in str(e.value)
 
 

@@ -14,7 +14,8 @@ pytest.importorskip("mujoco")
 from aaren_bench.cli import main as cli  # noqa: E402
 from aaren_bench.run import train  # noqa: E402
 from aaren_bench.study import Cell, compose_config  # noqa: E402
-from tasks.rl.module import DecisionModule, Evaluation, target_returns  # noqa: E402
+from tasks.rl import target_returns  # noqa: E402
+from tasks.rl.module import DecisionModule, Evaluation  # noqa: E402
 
 TINY = [
     "task.backbone.d_model=16", "task.backbone.n_layers=1", "task.backbone.d_ff=32",
