@@ -66,7 +66,7 @@ def events(data: Path):
 
     splits = split_sequences(generate_sin(n_seqs=40, t_end=10.0, seed=3), [16, 7])  # 17 test sequences
     dm = EventDataModule(splits, batch_size=BATCH)
-    return dm, EventModule(EventModel(backbone(), num_marks=dm.num_marks, time_scale=dm.time_scale), adam)
+    return dm, EventModule(EventModel(backbone(), num_marks=dm.num_marks), adam)  # the scale: in setup
 
 
 def rl(data: Path):

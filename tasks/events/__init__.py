@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from aaren_bench.task import Task
 from tasks.events.data import EventDataModule
-from tasks.events.datasets import load
+from tasks.events.datasets import EventFiles
 from tasks.events.model import EventModel
 from tasks.events.module import EventModule
 
@@ -26,6 +26,8 @@ class EventsTask(Task):
         return self.metrics  # unmarked datasets log no acc / nll_mark: the record shows what was logged
 
     def build_datamodule(self, cfg) -> EventDataModule:
+        """Nothing is read here: the files are fetched in ``prepare_data`` and read in ``setup``; the number
+        of marks is the catalog's."""
         from omegaconf import OmegaConf
 
         from aaren_bench.data import get
@@ -34,14 +36,15 @@ class EventsTask(Task):
         info = get(cfg.dataset.name).info
         facts = {k: list(v) if isinstance(v, tuple) else v for k, v in info.items()
                  if k in ("num_marks", "meta_tpp") or (k == "split" and isinstance(v, (tuple, list)))}
-        ds = OmegaConf.merge(OmegaConf.create(facts), cfg.dataset)
-        loaded = load(ds, data_root=cfg.paths.data_root)
-        return EventDataModule(loaded.splits, batch_size=cfg.task.batch_size, num_workers=cfg.task.num_workers,
-                               data_source=loaded.source)
+        settings = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(facts), cfg.dataset), resolve=True)
+        files = EventFiles(settings, data_root=cfg.paths.data_root)
+        return EventDataModule(files, num_marks=files.num_marks, batch_size=cfg.task.batch_size,
+                               num_workers=cfg.task.num_workers)
 
     def build_module(self, cfg, dm: EventDataModule, backbone, optimizer) -> EventModule:
+        """The time scale reaches the model in ``EventModule.setup``, after the data is read."""
         t = cfg.task
-        model = EventModel(backbone, num_marks=dm.num_marks, time_scale=dm.time_scale,
+        model = EventModel(backbone, num_marks=dm.num_marks,
                            n_components=t.get("n_components", 8),
                            time_encoding=t.get("time_encoding", "absolute"),
                            time_encoding_at=t.get("time_encoding_at", "input"),

@@ -279,14 +279,60 @@ class _Index(torch.utils.data.Dataset):
         return i
 
 
-class EventDataModule(L.LightningDataModule):
-    def __init__(self, splits: dict[str, EventSeqs], batch_size: int = 16, num_workers: int = 0,
-                 data_source: dict | None = None):
-        super().__init__()
-        self.splits, self.batch_size, self.num_workers = splits, batch_size, num_workers
-        self.data_source = data_source  # what was read (datasets.Loaded.source): into the record
+class InMemory:
+    """Splits already in memory (generated or built by hand), in the place of ``datasets.EventFiles``."""
+
+    def __init__(self, splits: dict[str, EventSeqs], source: dict | None = None):
+        self.splits, self.source = splits, source
         self.num_marks = splits["train"].num_marks
-        self.time_scale = splits["train"].mean_inter_time()
+
+    def fetch(self) -> None:
+        pass
+
+    def read(self) -> tuple[dict[str, EventSeqs], dict | None]:
+        return self.splits, self.source
+
+
+class EventDataModule(L.LightningDataModule):
+    """The train / val / test sequences of ``files`` (a ``datasets.EventFiles``, or :class:`InMemory`
+    splits): ``prepare_data`` (once per node) downloads, ``setup`` reads, once per process.
+
+    ``num_marks`` (the catalog's, known before any read) sizes the model and is checked against
+    the data. ``time_scale``, the mean inter-event time of the training split, is computed in
+    ``setup``; the module copies it into the model (``EventModule.setup``) and it travels in the
+    checkpoint (``state_dict``): a resumed or tested run keeps the scale it started with.
+    """
+
+    def __init__(self, files, *, num_marks: int | None = None, batch_size: int = 16, num_workers: int = 0):
+        super().__init__()
+        if isinstance(files, dict):
+            files = InMemory(files)
+        self.files, self.batch_size, self.num_workers = files, batch_size, num_workers
+        self.num_marks = int(num_marks if num_marks is not None else files.num_marks)
+        self.splits: dict[str, EventSeqs] | None = None
+        self.data_source: dict | None = None  # what was read (datasets.Loaded.source): into the record
+        self.time_scale: float | None = None
+
+    def prepare_data(self) -> None:
+        self.files.fetch()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits is not None:
+            return
+        splits, self.data_source = self.files.read()
+        marks = splits["train"].num_marks
+        if marks != self.num_marks:
+            raise EventDataError(f"the data has {marks} marks, but the catalog says {self.num_marks}: the file is not "
+                                 f"the catalog's (tasks/events/catalog.py); fetch it again or correct the catalog entry")
+        self.splits = splits
+        self.time_scale = self.time_scale or splits["train"].mean_inter_time()  # restored from a checkpoint: kept
+
+    def state_dict(self) -> dict:
+        return {} if self.time_scale is None else {"time_scale": float(self.time_scale)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "time_scale" in state:
+            self.time_scale = float(state["time_scale"])
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         seqs = self.splits[name]

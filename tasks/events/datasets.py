@@ -16,9 +16,15 @@ converted from the raw events). ``dataset.source`` chooses: ``auto`` (that rule)
 (the archive's file or an error saying where to put it), ``own`` (never the archive's file).
 Which one was read is returned as ``Loaded.source`` and written into the run's record
 (``data_source``).
+
+A run reads through :class:`EventFiles`: ``fetch`` (the datamodule's ``prepare_data``, once per
+node) downloads and verifies the registered files the run will read; ``read`` (its ``setup``)
+reads them without downloading or verifying them again; ``num_marks`` is the catalog's fact for
+the file that will be read, known before any read.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
@@ -55,8 +61,40 @@ def _meta_tpp_copy(ds_cfg, data_root) -> tuple[Path | None, dict | None]:
     return (path if path.is_file() else None), {"path": str(path), "num_marks": entry.get("num_marks")}
 
 
-def load(ds_cfg, data_root=None) -> Loaded:
-    """dataset config -> Loaded(splits, source): the splits and a description of what was read."""
+@dataclass(frozen=True)
+class EventFiles:
+    """A dataset's reading settings (``settings``: the catalog's facts under conf/dataset/<Name>.yaml,
+    a plain dict) and the data root."""
+
+    settings: dict
+    data_root: str | None = None
+
+    def reads_meta_tpp_copy(self) -> bool:
+        found, _ = _meta_tpp_copy(self.settings, self.data_root)
+        return found is not None and _get(self.settings, "source", "auto") != "own"
+
+    @property
+    def num_marks(self) -> int:
+        """The number of marks of what will be read (Meta TPP's copy may have its own), from the catalog."""
+        _, entry = _meta_tpp_copy(self.settings, self.data_root)
+        return int(entry["num_marks"] if self.reads_meta_tpp_copy() else _get(self.settings, "num_marks"))
+
+    def fetch(self) -> None:
+        """Download and verify the registered files that ``read`` will read (none when generated or
+        when Meta TPP's copy is read)."""
+        from aaren_bench.data import fetch
+
+        if _get(self.settings, "format") != "sin" and not self.reads_meta_tpp_copy():
+            fetch(_get(self.settings, "name"), data_root=self.data_root)
+
+    def read(self) -> Loaded:
+        return load(self.settings, self.data_root, download=False)
+
+
+def load(ds_cfg, data_root=None, download: bool = True) -> Loaded:
+    """dataset config -> Loaded(splits, source): the splits and a description of what was read.
+    ``download=False``: the registered files must be there already (fetched in ``prepare_data``);
+    they are neither downloaded nor verified again."""
     fmt = _get(ds_cfg, "format")
     name = _get(ds_cfg, "name")
     if fmt not in FORMATS:
@@ -96,9 +134,9 @@ def load(ds_cfg, data_root=None) -> Loaded:
             "kind": "generated", "generator": "tasks.events.synthetic.generate_sin (lambda(t) = 1 + sin t, thinning)",
             "n_seqs": n_seqs, "t_end": t_end, "seed": seed, "events": seqs.n_events, **looked})
 
-    from aaren_bench.data import fetch, get
+    from aaren_bench.data import fetch, get, local_paths
 
-    paths = fetch(name, data_root=data_root)
+    paths = fetch(name, data_root=data_root) if download else local_paths(name, data_root)
     pins = {f.path: f.sha256 for f in get(name).files}
     files = {rel: {"path": str(p), "sha256": pins.get(rel) or None} for rel, p in paths.items()}
     trust = bool(_get(ds_cfg, "trust_pickle", False))

@@ -8,7 +8,9 @@ Event i enters as  x_i = E[k_i] + enc_i,  with the temporal encoding ``time_enco
                       the raw entries of its files, which are the inter-event times)
 
 PE is THP's sinusoidal encoding (``aaren_bench.nn.embed.sinusoidal``) and s the train split's
-mean inter-event time. ``time_encoding_at`` says where enc enters: ``input`` (once, before the
+mean inter-event time, a buffer (saved in the checkpoint): given when the model is built, or
+set once the data is read (``set_time_scale``; NaN until then, so that an unset scale cannot
+pass unnoticed). ``time_encoding_at`` says where enc enters: ``input`` (once, before the
 backbone: the same single-input backbone every task uses) or ``every_layer`` (added again
 before every layer, as THP does: block l sees  x^(l-1) + enc,  with x^(0) = E[k]). The
 every-layer form runs the backbone's blocks one at a time through their public
@@ -42,7 +44,7 @@ class EventModel(nn.Module):
         self,
         backbone: nn.Module,
         num_marks: int,
-        time_scale: float,
+        time_scale: float | None = None,
         n_components: int = 8,
         time_encoding: str = "absolute",
         time_encoding_at: str = "input",
@@ -55,8 +57,6 @@ class EventModel(nn.Module):
             raise ValueError(f"time_encoding_at must be one of {ENCODING_AT}, got {time_encoding_at!r}")
         if not scale_floor >= 0:
             raise ValueError(f"scale_floor must be >= 0, got {scale_floor} (task.scale_floor)")
-        if not time_scale > 0:
-            raise ValueError(f"time_scale must be positive, got {time_scale}")
         d = backbone.d_model
         self.backbone = backbone
         self.num_marks, self.n_components, self.scale_floor = num_marks, n_components, float(scale_floor)
@@ -65,7 +65,14 @@ class EventModel(nn.Module):
         self.dt_proj = nn.Linear(1, d) if time_encoding == "absolute+log_dt" else None
         self.decoder = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, 3 * n_components))
         self.mark_head = nn.Linear(d, num_marks) if num_marks > 1 else None
-        self.register_buffer("log_scale", torch.tensor(math.log(time_scale), dtype=torch.float64))
+        self.register_buffer("log_scale", torch.tensor(math.nan, dtype=torch.float64))
+        if time_scale is not None:
+            self.set_time_scale(time_scale)
+
+    def set_time_scale(self, time_scale: float) -> None:
+        if not time_scale > 0:
+            raise ValueError(f"time_scale must be positive, got {time_scale}")
+        self.log_scale.fill_(math.log(time_scale))
 
     @property
     def scale(self) -> float:

@@ -36,6 +36,16 @@ class EventModule(L.LightningModule):
         marked = model.mark_head is not None
         self.eval_metrics = torch.nn.ModuleDict({"val": EventMetrics(marked), "test": EventMetrics(marked)})
 
+    def setup(self, stage: str) -> None:
+        """The time scale the datamodule computed in its ``setup`` (or restored from a checkpoint,
+        which then restores the same buffer) into the model."""
+        self.adopt_statistics(self.trainer.datamodule)
+
+    def adopt_statistics(self, dm) -> None:
+        """``dm``: an :class:`~tasks.events.data.EventDataModule` after ``setup`` (None: nothing to take)."""
+        if dm is not None and getattr(dm, "time_scale", None) is not None:
+            self.model.set_time_scale(dm.time_scale)
+
     def forward(self, batch):
         return self.model(batch)
 

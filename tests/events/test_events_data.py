@@ -220,6 +220,7 @@ def test_loaders_pickle_for_worker_processes():
 
     seqs = generate_sin(n_seqs=12, t_end=20.0, seed=0)
     dm = EventDataModule({"train": seqs, "val": seqs, "test": seqs}, batch_size=4, num_workers=0)
+    dm.setup("fit")
     loader = dm.val_dataloader()
     pickle.dumps(loader.collate_fn)
     dm.num_workers = 2

@@ -16,6 +16,7 @@ from tasks.events.formats import save_meta_tpp_npz
 from tasks.events.likelihood import Mixture, end_mark_ll, lognormal_mixture_mean, metric_sums, sequence_scores, split_metrics
 from tasks.events.model import EventModel
 from tasks.events.module import EventModule
+from tests.prepared import read
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -291,27 +292,27 @@ def test_meta_tpp_sin_file_takes_precedence_when_present(tmp_path):
     from aaren_bench.data import DatasetNotFound
 
     cfg = lambda *o: _cfg("dataset=Sin", f"paths.data_root={tmp_path}", *o)  # noqa: E731
-    absent = build(cfg("dataset.n_seqs=20", "dataset.t_end=20")).datamodule
+    absent = read(build(cfg("dataset.n_seqs=20", "dataset.t_end=20"))).datamodule
     assert absent.data_source["kind"] == "generated"
     assert absent.data_source["meta_tpp_file_absent"].endswith("events/meta_tpp/synthetic/sin.npz")
     with pytest.raises(DatasetNotFound, match="synthetic/sin.npz"):
-        build(cfg("dataset.source=meta_tpp"))
+        read(build(cfg("dataset.source=meta_tpp")))
 
     theirs = EventSeqs.build([np.arange(1, n + 1) * 0.75 for n in range(3, 13)], t_end=20.0, num_marks=1)
     path = save_meta_tpp_npz(theirs, tmp_path / "events" / "meta_tpp" / "synthetic" / "sin.npz")
-    dm = build(cfg()).datamodule
+    dm = read(build(cfg())).datamodule
     assert dm.data_source["kind"] == "meta_tpp_file" and dm.data_source["path"] == str(path)
     assert len(dm.data_source["sha256"]) == 64
     assert [len(dm.splits[k]) for k in ("train", "val", "test")] == [6, 2, 2]
     np.testing.assert_allclose(dm.splits["train"].times[1], theirs.times[1])
     np.testing.assert_allclose(dm.splits["test"].t_end, 20.0)
-    own = build(cfg("dataset.source=own", "dataset.n_seqs=20", "dataset.t_end=20")).datamodule
+    own = read(build(cfg("dataset.source=own", "dataset.n_seqs=20", "dataset.t_end=20"))).datamodule
     assert own.data_source["kind"] == "generated" and "meta_tpp_file_absent" not in own.data_source
 
 
 def test_meta_tpp_wiki_file_takes_precedence_with_its_8226_marks(tmp_path):
     path, theirs = _tiny_wiki(tmp_path)
-    dm = build(_cfg("dataset=Wiki", f"paths.data_root={tmp_path}")).datamodule  # no raw file under tmp_path
+    dm = read(build(_cfg("dataset=Wiki", f"paths.data_root={tmp_path}"))).datamodule  # no raw file under tmp_path
     assert dm.data_source["kind"] == "meta_tpp_file" and dm.num_marks == 8226
     assert dm.splits["train"].marks[0][0] == 8225
     assert dm.splits["train"].end_marks.tolist() == [3] * 6

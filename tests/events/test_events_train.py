@@ -10,6 +10,7 @@ import torch
 from aaren_bench.run import build, train
 from aaren_bench.study import compose_config
 from tasks.events.likelihood import metric_sums
+from tests.prepared import read
 
 CONF = str(Path(__file__).resolve().parents[2] / "conf")
 
@@ -38,7 +39,7 @@ def test_missing_meta_tpp_file_says_where_to_get_it(tmp_path):
 
     cfg = _cfg("dataset=Mooc", f"paths.data_root={tmp_path}")
     with pytest.raises(DatasetNotFound, match="Google Drive.*real/mooc.npz"):
-        build(cfg)
+        build(cfg).datamodule.prepare_data()
 
 
 @pytest.mark.parametrize("model", ["aaren", "transformer"])
@@ -62,7 +63,7 @@ def test_split_metrics_are_exact_whatever_the_batch_size():
     from tasks.events.likelihood import add_sums, split_metrics
 
     cfg = _cfg("dataset.n_seqs=30", "dataset.t_end=30")
-    _, dm, module, _ = build(cfg)
+    _, dm, module, _ = read(build(cfg))
     module.eval()
     seqs = dm.splits["test"]
 
