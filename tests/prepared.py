@@ -13,3 +13,32 @@ def read(built: Built) -> Built:
     if adopt is not None:
         adopt(built.datamodule)
     return built
+
+
+def assert_prepared_once(built: Built, other, counted: dict, fetched: str, missing: type[Exception] | None) -> None:
+    """``built`` (one process of a run that prepares the data) and ``other``'s datamodule (one that
+    does not): nothing read or ``fetched`` while building; ``other`` finds nothing before
+    ``prepare_data`` (raising ``missing``; None: nothing to download) and fetches nothing;
+    ``prepare_data`` fetches once; ``setup`` reads once per process, however often it is called.
+    ``counted``: {"reads": ..., fetched: ...}, kept up to date by the test's spies."""
+    import pytest
+
+    assert counted == {"reads": 0, fetched: 0}
+    if missing is not None:
+        with pytest.raises(missing):
+            other.setup("fit")
+        assert counted == {"reads": 0, fetched: 0}
+    built.datamodule.prepare_data()
+    assert counted == {"reads": 0, fetched: 1}
+    built.datamodule.setup("fit")
+    built.datamodule.setup("test")
+    other.setup("fit")
+    assert counted == {"reads": 2, fetched: 1}
+
+
+def trainer(steps: int):
+    """A bare CPU trainer of ``steps`` optimiser steps: no logger, checkpoints or validation."""
+    import lightning as L
+
+    return L.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                     enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 
-import lightning as L
 import numpy as np
 import pytest
 
@@ -15,6 +14,7 @@ from aaren_bench.study import compose_config
 from tasks.events import formats, synthetic
 from tasks.events.data import EventSeqs
 from tasks.events.formats import save_meta_tpp_npz
+from tests.prepared import assert_prepared_once, trainer
 
 TINY = ["task=events", "logger=none", "task.backbone.d_model=16", "task.backbone.n_layers=1",
         "task.backbone.d_ff=32", "task.batch_size=4"]
@@ -54,18 +54,11 @@ def test_build_reads_nothing_prepare_data_fetches_setup_reads_once(tmp_path, cou
     cfg = compose_config(["dataset=Mooc", f"paths.data_root={tmp_path}", *TINY])
     built = build(cfg)
     other = build(cfg).datamodule  # a process of the run that does not prepare the data
-    assert counted == {"reads": 0, "fetches": 0}
     assert built.datamodule.num_marks == 97 and built.module.model.mark_emb.num_embeddings == 97  # the catalog's
     assert math.isnan(built.module.model.log_scale)  # no scale before the data is read
-    dm = built.datamodule
-    dm.prepare_data()
-    assert counted == {"reads": 0, "fetches": 1}
-    dm.setup("fit")
-    dm.setup("test")
-    other.setup("fit")
-    assert counted == {"reads": 2, "fetches": 1}  # one read per process, one fetch per node
-    built.module.adopt_statistics(dm)
-    assert built.module.model.scale == pytest.approx(dm.splits["train"].mean_inter_time(), rel=1e-12)
+    assert_prepared_once(built, other, counted, "fetches", missing=None)  # the file is there: nothing to download
+    built.module.adopt_statistics(built.datamodule)
+    assert built.module.model.scale == pytest.approx(built.datamodule.splits["train"].mean_inter_time(), rel=1e-12)
 
 
 def test_missing_file_is_reported_by_prepare_data_not_by_build(tmp_path):
@@ -76,24 +69,19 @@ def test_missing_file_is_reported_by_prepare_data_not_by_build(tmp_path):
         built.datamodule.prepare_data()
 
 
-def _trainer(steps: int) -> L.Trainer:
-    return L.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                     enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
-
-
 def test_resumed_run_keeps_the_time_scale_it_started_with(tmp_path):
     cfg = compose_config(["dataset=Mooc", f"paths.data_root={tmp_path}", *TINY])
     _mooc(tmp_path)
     first = build(cfg)
-    trainer = _trainer(2)
-    trainer.fit(first.module, datamodule=first.datamodule)
+    first_trainer = trainer(2)
+    first_trainer.fit(first.module, datamodule=first.datamodule)
     scale = first.datamodule.splits["train"].mean_inter_time()
     assert first.module.model.scale == pytest.approx(scale, rel=1e-12)  # fit's setup set it
-    trainer.save_checkpoint(tmp_path / "step2.ckpt")
+    first_trainer.save_checkpoint(tmp_path / "step2.ckpt")
 
     _mooc(tmp_path, scale=3.0)  # the data changed under the run: its scale is 3 times the first
     again = build(cfg)
-    _trainer(3).fit(again.module, datamodule=again.datamodule, ckpt_path=tmp_path / "step2.ckpt")
+    trainer(3).fit(again.module, datamodule=again.datamodule, ckpt_path=tmp_path / "step2.ckpt")
     assert again.datamodule.splits["train"].mean_inter_time() == pytest.approx(3 * scale, rel=1e-9)
     assert again.module.model.scale == pytest.approx(scale, rel=1e-12)
     assert again.datamodule.time_scale == pytest.approx(scale, rel=1e-12)

@@ -10,6 +10,7 @@ from aaren_bench.data import DatasetNotFound
 from aaren_bench.run import build
 from aaren_bench.study import compose_config
 from tests.forecast.test_forecast_data import write_csv
+from tests.prepared import assert_prepared_once
 
 TINY = ["dataset=ECL", "task.seq_len=8", "task.label_len=4", "task.pred_len=4", "task.backbone.d_model=16",
         "task.backbone.n_layers=1", "task.backbone.d_ff=32", "logger=none"]
@@ -40,16 +41,6 @@ def test_build_reads_nothing_prepare_data_downloads_setup_reads_once(tmp_path, c
     cfg = compose_config([*TINY, f"paths.data_root={tmp_path}"])
     built = build(cfg)
     other = build(cfg).datamodule  # a process of the run that does not prepare the data
-    assert counted == {"reads": 0, "downloads": 0}
     assert built.datamodule.n_channels == 321 and built.module.net.n_channels == 321  # the catalog's
-    with pytest.raises(DatasetNotFound, match="prepare_data"):
-        other.setup("fit")  # before prepare_data: it finds nothing, and downloads nothing
-    assert counted == {"reads": 0, "downloads": 0}
-    dm = built.datamodule
-    dm.prepare_data()
-    assert counted == {"reads": 0, "downloads": 1}
-    dm.setup("fit")
-    dm.setup("test")
-    other.setup("fit")
-    assert counted == {"reads": 2, "downloads": 1}  # one read per process, one download per node
-    assert len(dm.datasets["test"]) == len(other.datasets["test"]) > 0
+    assert_prepared_once(built, other, counted, "downloads", missing=DatasetNotFound)
+    assert len(built.datamodule.datasets["test"]) == len(other.datasets["test"]) > 0

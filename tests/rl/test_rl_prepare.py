@@ -3,7 +3,6 @@
 travel in the checkpoint, so a resumed run keeps them even when the file changed."""
 from __future__ import annotations
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -13,6 +12,7 @@ from aaren_bench.run import build
 from aaren_bench.study import compose_config
 from tasks.rl import data as rl_data
 from tasks.rl.d4rl import split_trajectories, state_stats, write_d4rl
+from tests.prepared import assert_prepared_once, trainer
 
 TINY = [
     "task.backbone.d_model=16", "task.backbone.n_layers=1", "task.backbone.d_ff=32", "task.batch_size=4",
@@ -54,27 +54,12 @@ def test_build_reads_nothing_prepare_data_downloads_setup_reads_once(tmp_path, c
     cfg = compose_config(["dataset=halfcheetah-medium", "dataset.source=d4rl", f"paths.data_root={tmp_path}", *TINY])
     built = build(cfg)  # the sizes are the catalog's: no file is needed to build
     other = build(cfg).datamodule  # a process of the run that does not prepare the data
-    assert counted == {"reads": 0, "downloads": 0}
     assert (built.module.model.obs_dim, built.module.model.act_dim) == (17, 6)
-    with pytest.raises(DatasetNotFound):
-        other.setup("fit")  # before prepare_data: it finds nothing, and downloads nothing
-    assert counted == {"reads": 0, "downloads": 0}
-    dm = built.datamodule
-    dm.prepare_data()
-    assert counted == {"reads": 0, "downloads": 1}
-    dm.setup("fit")
-    dm.setup("test")
-    other.setup("fit")
-    assert counted == {"reads": 2, "downloads": 1}  # one read per process, one download per node
-    built.module.adopt_statistics(dm)
+    assert_prepared_once(built, other, counted, "downloads", missing=DatasetNotFound)
+    built.module.adopt_statistics(built.datamodule)
     want = state_stats(split_trajectories(arrays()))
     torch.testing.assert_close(built.module.model.state_mean, torch.from_numpy(want.mean))
     torch.testing.assert_close(built.module.model.state_std, torch.from_numpy(want.std))
-
-
-def _trainer(steps: int) -> L.Trainer:
-    return L.Trainer(max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                     enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
 
 
 def test_resumed_run_keeps_the_statistics_it_started_with(tmp_path, counted):
@@ -82,17 +67,17 @@ def test_resumed_run_keeps_the_statistics_it_started_with(tmp_path, counted):
     write_d4rl(file, arrays())
     cfg = compose_config(["dataset=halfcheetah-collected", f"paths.data_root={tmp_path}", *TINY])
     first = build(cfg)
-    trainer = _trainer(2)
-    trainer.fit(first.module, datamodule=first.datamodule)
+    first_trainer = trainer(2)
+    first_trainer.fit(first.module, datamodule=first.datamodule)
     started = state_stats(split_trajectories(arrays()))
     torch.testing.assert_close(first.module.model.state_mean, torch.from_numpy(started.mean))  # fit's setup set them
-    trainer.save_checkpoint(tmp_path / "step2.ckpt")
+    first_trainer.save_checkpoint(tmp_path / "step2.ckpt")
 
     write_d4rl(file, arrays(shift=5.0, scale=3.0))  # the data changed under the run
     changed = state_stats(split_trajectories(arrays(shift=5.0, scale=3.0)))
     assert not np.allclose(changed.mean, started.mean)
     again = build(cfg)
-    _trainer(3).fit(again.module, datamodule=again.datamodule, ckpt_path=tmp_path / "step2.ckpt")
+    trainer(3).fit(again.module, datamodule=again.datamodule, ckpt_path=tmp_path / "step2.ckpt")
     torch.testing.assert_close(again.module.model.state_mean, torch.from_numpy(started.mean))
     torch.testing.assert_close(again.module.model.state_std, torch.from_numpy(started.std))
     np.testing.assert_array_equal(again.datamodule.stats.mean, started.mean)  # the training windows' too
