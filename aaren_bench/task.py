@@ -5,10 +5,18 @@ subclass. The run loop (``aaren_bench.run``) builds the backbone and the optimiz
 factory itself and hands them over; a task never sees the model config and the run loop
 never reaches into a task's module::
 
-    dm = task.build_datamodule(cfg)                        # data: files, splits, loaders, sizes
+    dm = task.build_datamodule(cfg)                        # data: where it is and its sizes; reads nothing
     module = task.build_module(cfg, dm, backbone, optim)   # embedding -> backbone -> head, losses
     task.test_metrics(cfg)                             # ("test/acc",): the first is the primary
     task.selection(cfg)                                # Selection("val/acc", "max") or None
+
+Data is prepared once: building reads and downloads nothing (the sizes are the catalog's, or a
+file header's); the datamodule's ``prepare_data`` (one process per node) downloads and converts,
+its ``setup`` reads, once per process. Statistics that only a read gives (events' time scale,
+RL's state mean/std) reach the model in the module's ``setup`` and travel in the checkpoint.
+Each task package has the same files: ``catalog.py``, ``data.py`` (the datamodule), ``model.py``
+(the network), ``module.py`` (the LightningModule); ``__init__.py`` maps the config to their
+explicit constructor arguments.
 
 ``selection`` names the validation metric that picks the checkpoint to test (None: the
 weights training ended with are tested, as in offline RL). A protocol changes it through
@@ -49,12 +57,12 @@ class Task(ABC):
 
     @abstractmethod
     def build_datamodule(self, cfg) -> Any:
-        """The LightningDataModule of the dataset ``cfg.dataset`` names; it reads the data."""
+        """The LightningDataModule of the dataset ``cfg.dataset`` names; it reads nothing until ``setup``."""
 
     @abstractmethod
     def build_module(self, cfg, datamodule: Any, backbone: torch.nn.Module, optimizer: OptimizerFactory) -> Any:
         """The LightningModule; data sizes (channels, classes, marks, obs/act dims) come from the
-        datamodule, which has read the data, never from the config."""
+        datamodule (the catalog's, known before any read), never from the config."""
 
     def test_metrics(self, cfg) -> tuple[str, ...]:
         return self.metrics

@@ -131,6 +131,9 @@ def main(argv=None) -> int:
         np.random.seed(args.seed)
         cfg = compose(kind, data, args.seed, args.overrides)
         _, dm, module, _ = build(cfg)
+        dm.prepare_data()  # outside a trainer: what its hooks do before the first step
+        dm.setup("fit")
+        module.adopt_statistics(dm)
         r = {"params": sum(p.numel() for p in module.parameters())}
         if args.cost_only:  # acting cost does not depend on the weights: untrained model
             module.eval()
