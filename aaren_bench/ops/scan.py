@@ -67,7 +67,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from aaren_bench.ops.chunked import ChunkedScan, autocast_off
+from aaren_bench.ops.chunked import ChunkedScan, autocast_off, scan_core, scan_core_backward
 
 __all__ = [
     "ScanState",
@@ -181,6 +181,15 @@ def _finite_rows(v: Tensor) -> Tensor:
     return torch.isfinite(v @ v.new_full((v.shape[-1],), 2.0**-32))
 
 
+def _out_tokens(s: Tensor, mask: Tensor | None) -> Tensor:
+    """(B, H, N): the tokens that take no part, masked or scored -inf."""
+    out = torch.isneginf(s)
+    if mask is None:
+        return out
+    mask = mask.bool()
+    return out | ~(mask[:, None, :] if mask.dim() == 2 else mask)
+
+
 class _Clean(NamedTuple):
     s: Tensor  # (B, H, N) scores; -inf at every token that takes no part, bad ones included
     v: Tensor  # (B, H, N, D) values, finite everywhere
@@ -203,10 +212,7 @@ def _clean(
     s_in, v_in = s, v
     s, v = s.to(dtype), v.to(dtype)
     v_finite = _finite_rows(v)  # (B, H, N)
-    out = torch.isneginf(s)
-    if mask is not None:
-        mask = mask.bool()
-        out = out | ~(mask[:, None, :] if mask.dim() == 2 else mask)
+    out = _out_tokens(s, mask)
     bad = ~out & ~(torch.isfinite(s) & v_finite)
     s = s.masked_fill(out | bad, NEG_INF)
     v = torch.where(v_finite[..., None], v, 0.0)
@@ -416,6 +422,64 @@ def scan_hillis_steele(s: Tensor, v: Tensor, mask: Tensor | None = None) -> Tens
 # --------------------------------------------------------------------------------------
 
 
+def _nan_rows(spoiled: Tensor, t: Tensor) -> Tensor:
+    """(B, H, N) -> (B, H, N, 1) in t's dtype: NaN at spoiled rows, -0.0 elsewhere (x + -0.0 is
+    x, bit for bit): added to t, one broadcast add, the cheapest full pass."""
+    return torch.full_like(spoiled, -0.0, dtype=t.dtype).masked_fill_(spoiled, NAN)[..., None]
+
+
+def _drop_spoiled(g: Tensor, spoiled: Tensor) -> tuple[Tensor, Tensor]:
+    """The upstream gradient with its spoiled rows dropped (contiguous, in o's dtype), and the
+    (B, H) rows that had a nonzero (or NaN) entry there. |g| sums to 0 only when every entry
+    is 0 (no cancellation); |g| and the selection share one buffer, written contiguous (a
+    layer's gradient arrives as a transposed view: this is the copy the bare scan makes)."""
+    buf = torch.empty(g.shape, dtype=g.dtype, device=g.device)
+    nonzero = (torch.abs(g, out=buf) @ g.new_ones(g.shape[-1])) != 0  # (B, H, N)
+    hit = (nonzero & spoiled).any(-1)
+    return torch.where(spoiled[..., None], g.new_zeros(()), g, out=buf), hit
+
+
+class _GuardedScan(torch.autograd.Function):
+    """The fast scan of raw input, the guard included: o (B, H, N, D) from s (B, H, N),
+    v (B, H, N, D) in the accumulation dtype and ``out`` (B, H, N), the tokens that take no part.
+
+    The guard of the module docstring at the cost of a few passes on clean input, all on the
+    device: forward, a row test of v (one matrix-vector product), the non-finite values
+    zeroed elementwise (``nan_to_num``: a value that is not finite belongs to a token whose
+    weight is 0, any finite number does there) and the spoiled tail added as NaN; backward,
+    the upstream gradient at spoiled outputs dropped by one selection and a row test of it.
+    The charge costs nothing: a bad token of a hit row gets score NaN in the backward's copy
+    of the scores (it is -inf in the forward's), which makes exactly its own column of the
+    block weights NaN (``tril_`` removes the entries above the diagonal by selection), so its
+    score and value gradients come out NaN and nothing else changes. Every other token gets
+    what :class:`ChunkedScan` gives the cleaned input: out and bad tokens weigh exactly 0,
+    so their gradients are exactly 0 with no selection.
+    """
+
+    @staticmethod
+    def forward(ctx, s: Tensor, v: Tensor, out: Tensor, chunk: int):
+        bad = ~out & ~(torch.isfinite(s) & _finite_rows(v))
+        s = s.masked_fill(out | bad, NEG_INF).contiguous()
+        # written contiguous: a layer's v is a transposed view, and this is the copy the bare scan makes
+        v = torch.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0, out=torch.empty(v.shape, dtype=v.dtype, device=v.device))
+        with autocast_off(v):
+            o, m, lam = scan_core(s, v, chunk)
+        spoiled = bad.cumsum(-1) > 0
+        ctx.save_for_backward(s, v, o, m, lam, bad, spoiled)
+        ctx.chunk = chunk
+        return o + _nan_rows(spoiled, o)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g: Tensor):
+        s, v, o, m, lam, bad, spoiled = ctx.saved_tensors
+        do, hit = _drop_spoiled(g.to(o.dtype), spoiled)
+        s = s.masked_fill(bad & hit[..., None], NAN)
+        with autocast_off(v):
+            ds, dv = scan_core_backward(s, v, o, m, lam, do, ctx.chunk)
+        return ds, dv, None, None
+
+
 def _continue(state: ScanState, s: Tensor, o: Tensor, lam: Tensor) -> Tensor:
     """Outputs of a scan over (s, v) continued after the prefix summarised by ``state``.
 
@@ -464,6 +528,8 @@ def scan(
     if v.shape[2] == 0:
         return _empty_result(s, v, return_state, initial_state)
     with autocast_off(v):
+        if initial_state is None and not return_state:
+            return _GuardedScan.apply(s.to(dtype), v.to(dtype), _out_tokens(s, mask), chunk).to(v.dtype)
         cl = _clean(s, v, mask, dtype, initial_state)
         o, lam = ChunkedScan.apply(cl.s.contiguous(), cl.v.contiguous(), chunk)  # (B, H, N, D), (B, H, N)
         state = None
