@@ -165,6 +165,17 @@ def _lead(mask: Tensor, like: Tensor) -> Tensor:
     return mask.view(*mask.shape, *([1] * (like.dim() - mask.dim())))
 
 
+def _scaled_sums(v: Tensor) -> Tensor:
+    """(..., D) -> (...): each float32 row's sum times 2^-32, in one matrix-vector product that
+    reads v in place (its leading dims taken in memory order: a layer's v is a transposed view,
+    which matmul would otherwise copy)."""
+    order = sorted(range(v.dim() - 1), key=lambda i: -v.stride(i))
+    if order == list(range(v.dim() - 1)):
+        return v @ v.new_full((v.shape[-1],), 2.0**-32)
+    sums = v.permute(*order, v.dim() - 1) @ v.new_full((v.shape[-1],), 2.0**-32)
+    return sums.permute(*sorted(range(len(order)), key=order.__getitem__))
+
+
 def _finite_rows(v: Tensor) -> Tensor:
     """(..., D) -> (...): whether every value of the row is finite, decided on the device.
 
@@ -178,7 +189,16 @@ def _finite_rows(v: Tensor) -> Tensor:
         return torch.ones(v.shape[:-1], dtype=torch.bool, device=v.device)
     if v.dtype == torch.float64:
         return torch.isfinite(v).all(-1)
-    return torch.isfinite(v @ v.new_full((v.shape[-1],), 2.0**-32))
+    return torch.isfinite(_scaled_sums(v))
+
+
+def _finite_tokens(s: Tensor, v: Tensor) -> Tensor:
+    """(B, H, N): score and every value finite. float32: one test of s * 2^-32 added to the
+    scaled row sums (:func:`_finite_rows`; the total stays below 2^121, so only NaN or inf in
+    s or v makes it non-finite)."""
+    if v.dtype == torch.float64 or not v.shape[-1]:
+        return torch.isfinite(s) & _finite_rows(v)
+    return torch.isfinite(torch.add(_scaled_sums(v), s, alpha=2.0**-32))
 
 
 def _out_tokens(s: Tensor, mask: Tensor | None) -> Tensor:
@@ -422,21 +442,35 @@ def scan_hillis_steele(s: Tensor, v: Tensor, mask: Tensor | None = None) -> Tens
 # --------------------------------------------------------------------------------------
 
 
-def _nan_rows(spoiled: Tensor, t: Tensor) -> Tensor:
-    """(B, H, N) -> (B, H, N, 1) in t's dtype: NaN at spoiled rows, -0.0 elsewhere (x + -0.0 is
-    x, bit for bit): added to t, one broadcast add, the cheapest full pass."""
-    return torch.full_like(spoiled, -0.0, dtype=t.dtype).masked_fill_(spoiled, NAN)[..., None]
+def _nan_tail(bad: Tensor, dtype: torch.dtype) -> Tensor:
+    """(B, H, N) -> (B, H, N, 1), float: NaN at and after each row's first bad token, -0.0
+    before it (a cumulative sum: NaN stays NaN, -0.0 + -0.0 is -0.0). Added to an output, x +
+    -0.0 is x bit for bit: one broadcast add spoils the tail."""
+    return torch.full(bad.shape, -0.0, dtype=dtype, device=bad.device).masked_fill_(bad, NAN).cumsum(-1)[..., None]
+
+
+_BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _zero_rows(t: Tensor, rows: Tensor) -> Tensor:
+    """t (..., D) with +0.0 over ``rows`` (a bool over its leading dims) and every other bit
+    kept, NaN and -0.0 included; written contiguous. A selection, done as an AND of t's bits
+    with all ones or all zeros per row: as cheap as a copy, where ``torch.where`` with a
+    per-row condition costs about two on the CPU."""
+    bits = _BITS[t.element_size()]
+    keep = rows.to(bits).sub_(1)[..., None]  # -1 (all bits set) or 0
+    out = torch.empty(t.shape, dtype=bits, device=t.device)
+    return torch.bitwise_and(t.view(bits), keep, out=out).view(t.dtype)
 
 
 def _drop_spoiled(g: Tensor, spoiled: Tensor) -> tuple[Tensor, Tensor]:
-    """The upstream gradient with its spoiled rows dropped (contiguous, in o's dtype), and the
-    (B, H) rows that had a nonzero (or NaN) entry there. |g| sums to 0 only when every entry
-    is 0 (no cancellation); |g| and the selection share one buffer, written contiguous (a
-    layer's gradient arrives as a transposed view: this is the copy the bare scan makes)."""
-    buf = torch.empty(g.shape, dtype=g.dtype, device=g.device)
-    nonzero = (torch.abs(g, out=buf) @ g.new_ones(g.shape[-1])) != 0  # (B, H, N)
-    hit = (nonzero & spoiled).any(-1)
-    return torch.where(spoiled[..., None], g.new_zeros(()), g, out=buf), hit
+    """The upstream gradient with its spoiled rows dropped (written contiguous: a layer's
+    gradient arrives as a transposed view, and this is the copy the bare scan makes), and the
+    (B, H) rows with a nonzero (or NaN) entry there, by the 2-norm of each position's gradient:
+    one read of g, no cancellation. Its squares underflow: a gradient vector with no entry as
+    large as 2^-74 (about 5e-23; float64: 2^-537) counts as 0 there, dropped instead of charged."""
+    hit = ((torch.linalg.vector_norm(g, 2, -1) != 0) & spoiled).any(-1)
+    return _zero_rows(g, spoiled), hit
 
 
 class _GuardedScan(torch.autograd.Function):
@@ -458,25 +492,30 @@ class _GuardedScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, s: Tensor, v: Tensor, out: Tensor, chunk: int):
-        bad = ~out & ~(torch.isfinite(s) & _finite_rows(v))
-        s = s.masked_fill(out | bad, NEG_INF).contiguous()
+        drop = out | ~_finite_tokens(s, v)  # out, or bad: scored -inf
+        bad = drop ^ out
+        s = s.masked_fill(drop, NEG_INF).contiguous()
         # written contiguous: a layer's v is a transposed view, and this is the copy the bare scan makes
         v = torch.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0, out=torch.empty(v.shape, dtype=v.dtype, device=v.device))
         with autocast_off(v):
             o, m, lam = scan_core(s, v, chunk)
-        spoiled = bad.cumsum(-1) > 0
-        ctx.save_for_backward(s, v, o, m, lam, bad, spoiled)
+        # in place: the output is kept for backward as it is returned, NaN rows and all (their
+        # delta is dropped there)
+        tail = _nan_tail(bad, o.dtype)
+        o.add_(tail)
+        ctx.save_for_backward(s, v, o, m, lam, bad, tail)
         ctx.chunk = chunk
-        return o + _nan_rows(spoiled, o)
+        return o
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g: Tensor):
-        s, v, o, m, lam, bad, spoiled = ctx.saved_tensors
+        s, v, o, m, lam, bad, tail = ctx.saved_tensors
+        spoiled = torch.isnan(tail[..., 0])  # at and after a bad token
         do, hit = _drop_spoiled(g.to(o.dtype), spoiled)
         s = s.masked_fill(bad & hit[..., None], NAN)
         with autocast_off(v):
-            ds, dv = scan_core_backward(s, v, o, m, lam, do, ctx.chunk)
+            ds, dv = scan_core_backward(s, v, o, m, lam, do, ctx.chunk, dead=spoiled)
         return ds, dv, None, None
 
 
