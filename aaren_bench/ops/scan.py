@@ -41,12 +41,15 @@ weight. Backward: a zero upstream gradient at a spoiled output passes nothing, s
 that ignores those outputs gets exactly the clean prefix's gradients; any other upstream
 gradient there is charged, as NaN, to the score and value of the bad tokens of that row
 and to nothing else (masked tokens keep gradient 0), so an optimizer step on a NaN loss is
-poisoned as visibly as the loss.
+poisoned as visibly as the loss. (:func:`scan` tests "other" by a 2-norm per position: a
+gradient vector there with no entry as large as 2^-74, about 5e-23, counts as 0.)
 
 All of this happens on the device, on every device, by selection: no host read (on a GPU a
 read is a sync and a compiled graph's break), and the same path for clean and bad input.
-Its cost on clean input is a few full-size elementwise passes (measured in
-docs/BENCHMARKS.md, section 4).
+The references and the scan's state paths clean with :func:`_clean` and spoil with
+:class:`_Spoil`; the fast scan without a state folds the same guard into one Function around
+the chunked core (:class:`_GuardedScan`), whose cost on clean input is a few full-size passes
+and about 25 small kernels (measured in docs/BENCHMARKS.md, section 4).
 
 Mixed precision. Every function turns autocast off inside and computes in float32
 (float64 stays float64) whatever the input dtype or autocast region, as autocast itself
@@ -477,17 +480,19 @@ class _GuardedScan(torch.autograd.Function):
     """The fast scan of raw input, the guard included: o (B, H, N, D) from s (B, H, N),
     v (B, H, N, D) in the accumulation dtype and ``out`` (B, H, N), the tokens that take no part.
 
-    The guard of the module docstring at the cost of a few passes on clean input, all on the
-    device: forward, a row test of v (one matrix-vector product), the non-finite values
-    zeroed elementwise (``nan_to_num``: a value that is not finite belongs to a token whose
-    weight is 0, any finite number does there) and the spoiled tail added as NaN; backward,
-    the upstream gradient at spoiled outputs dropped by one selection and a row test of it.
-    The charge costs nothing: a bad token of a hit row gets score NaN in the backward's copy
-    of the scores (it is -inf in the forward's), which makes exactly its own column of the
-    block weights NaN (``tril_`` removes the entries above the diagonal by selection), so its
-    score and value gradients come out NaN and nothing else changes. Every other token gets
-    what :class:`ChunkedScan` gives the cleaned input: out and bad tokens weigh exactly 0,
-    so their gradients are exactly 0 with no selection.
+    The guard of the module docstring for a few passes on clean input, all on the device:
+    forward, one finiteness test of scores and values (:func:`_finite_tokens`), the
+    non-finite values zeroed elementwise (``nan_to_num``: such a value belongs to a token
+    whose weight is 0, where any finite number does) and the spoiled tail added in place
+    (NaN, or -0.0: x + -0.0 is x, bit for bit); backward, the upstream gradient's spoiled rows
+    dropped by a bit mask (:func:`_zero_rows`) and tested by a 2-norm (:func:`_drop_spoiled`).
+    The core then sees what :class:`ChunkedScan` sees on the cleaned input, except that o is
+    NaN on spoiled rows, whose delta it drops (``dead``): the same numbers, bit for bit. Out
+    and bad tokens weigh exactly 0, so their gradients are exactly 0 with no selection. The
+    charge costs nothing: a bad token of a hit row gets score NaN in the backward's copy of
+    the scores (-inf in the forward's), which makes exactly its own column of the block
+    weights NaN (``tril_`` removes the entries above the diagonal by selection), so its
+    score and value gradients come out NaN and nothing else changes.
     """
 
     @staticmethod
