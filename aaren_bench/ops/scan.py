@@ -561,7 +561,9 @@ def scan(
     :func:`scan_step`); the outputs then continue that prefix, exactly as one scan over
     all the tokens would (and so does the returned state). Gradients reach it too.
     Returns o (B, H, N, D) in v's dtype, and the final :class:`ScanState` if asked.
-    The backward is exact and hand-written; it keeps s, v, o and two numbers per position.
+    The backward is exact and hand-written; it keeps s, v, o and two numbers per position
+    (o is the tensor returned, as for ``torch.exp``: change a clone of it, not o in place;
+    torch refuses the in-place change with that advice).
     """
     _check(s, v, mask)
     if chunk < 1:
