@@ -185,8 +185,8 @@ def part_guard(device: torch.device) -> list[dict]:
     size and a classify layer's, contiguous inputs and a layer's transposed views (aaren_bench.bench.guard)."""
     from aaren_bench.bench.guard import run_guard
 
-    return [_row("guard", f"{r['size']} {r['layout']} {r['pass_']}", r["ratio"], "x bare",
-                 f"guard {r['guard_ms']} ms, bare {r['bare_ms']} ms (min of interleaved rounds); aten ops "
+    return [_row("guard", f"{r['size']} {r['layout']} {r['pass_']}", r["paired"], "x bare",
+                 f"median of 7 interleaved rounds; min/min {r['ratio']}x (guard {r['guard_ms']} ms, bare {r['bare_ms']} ms); aten ops "
                  f"{r['ops_guard']} vs {r['ops_bare']}") for r in run_guard(device, rounds=7)]
 
 

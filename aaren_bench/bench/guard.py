@@ -7,7 +7,8 @@
 costs with no guard at all); ``guard``: :func:`aaren_bench.ops.scan`, which finds non-finite
 input on the device and selects. Both forward, and forward+backward of sum(o * w), timed in
 one process, interleaved, min over rounds (process CPU time on the CPU, where these machines
-are shared; wall clock with syncs on CUDA). Two layouts of the inputs: ``contiguous`` (s, v as
+are shared; wall clock with syncs on CUDA), and the median over rounds of the two times of
+one round (adjacent in time, so they share the machine's load). Two layouts of the inputs: ``contiguous`` (s, v as
 made) and ``layer`` (v a transposed view and the upstream gradient one too, as the Aaren layer
 gives them: the bare scan then copies both to contiguous memory, the guard writes its cleaned
 copies contiguous instead).
@@ -20,6 +21,7 @@ is the one a GPU takes.
 from __future__ import annotations
 
 import math
+import statistics
 import time
 
 import torch
@@ -72,10 +74,11 @@ def count_ops(fn, B: int, H: int, N: int, D: int, device="cpu") -> int:
     return ops.total
 
 
-def _time(fns: dict, rounds: int, device: torch.device) -> dict[str, float]:
-    """min seconds per fn, the fns run in turn each round (after one warm-up call each)."""
+def _time(fns: dict, rounds: int, device: torch.device) -> dict[str, list[float]]:
+    """seconds per call of each fn, one per round; the fns run in turn each round (after one
+    warm-up call each), so that a round's calls share the machine's state."""
     clock = time.perf_counter if device.type == "cuda" else time.process_time
-    best = {name: math.inf for name in fns}
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for fn in fns.values():
         fn()
     sync(device)
@@ -85,11 +88,11 @@ def _time(fns: dict, rounds: int, device: torch.device) -> dict[str, float]:
             t0 = clock()
             fn()
             sync(device)
-            best[name] = min(best[name], clock() - t0)
-    return best
+            times[name].append(clock() - t0)
+    return times
 
 
-def time_size(B: int, H: int, N: int, D: int, device: torch.device, layout: str, rounds: int) -> dict[str, float]:
+def time_size(B: int, H: int, N: int, D: int, device: torch.device, layout: str, rounds: int) -> dict[str, list[float]]:
     s, v, w, mask = make_inputs(B, H, N, D, device, layout)
 
     def fwd(fn):
@@ -115,19 +118,22 @@ def run_guard(device: torch.device, sizes=SIZES, layouts=("contiguous", "layer")
         for layout in layouts:
             t = time_size(B, H, N, D, device, layout, reps)
             for p in ("fwd", "fwd+bwd"):
+                bare_t, guard_t = t[f"bare {p}"], t[f"guard {p}"]
+                paired = statistics.median(g / b for g, b in zip(guard_t, bare_t))  # same round: same load
                 rows.append(dict(size=size, layout=layout, device=device.type, pass_=p,
-                                 bare_ms=round(1e3 * t[f"bare {p}"], 2), guard_ms=round(1e3 * t[f"guard {p}"], 2),
-                                 ratio=round(t[f"guard {p}"] / t[f"bare {p}"], 3),
+                                 bare_ms=round(1e3 * min(bare_t), 2), guard_ms=round(1e3 * min(guard_t), 2),
+                                 ratio=round(min(guard_t) / min(bare_t), 3), paired=round(paired, 3),
                                  ops_bare=ops["bare"], ops_guard=ops["guard"], ops_guard_meta=ops["guard meta"]))
     return rows
 
 
 def format_rows(rows: list[dict]) -> str:
-    head = "size | layout | device | pass | bare ms | guard ms | guard/bare | ops bare | ops guard (cpu/meta)"
+    head = ("size | layout | device | pass | bare ms | guard ms | guard/bare (min/min) | guard/bare (median of "
+            "rounds) | ops bare | ops guard (cpu/meta)")
     lines = [head, "|".join("---" for _ in head.split("|"))]
     for r in rows:
         lines.append(f"{r['size']} | {r['layout']} | {r['device']} | {r['pass_']} | {r['bare_ms']} | {r['guard_ms']} | "
-                     f"{r['ratio']:.3f}x | {r['ops_bare']} | {r['ops_guard']}/{r['ops_guard_meta']}")
+                     f"{r['ratio']:.3f}x | {r['paired']:.3f}x | {r['ops_bare']} | {r['ops_guard']}/{r['ops_guard_meta']}")
     return "\n".join(lines)
 
 
