@@ -186,7 +186,7 @@ def part_guard(device: torch.device) -> list[dict]:
     from aaren_bench.bench.guard import run_guard
 
     return [_row("guard", f"{r['size']} {r['layout']} {r['pass_']}", r["paired"], "x bare",
-                 f"median of 7 interleaved rounds; min/min {r['ratio']}x (guard {r['guard_ms']} ms, bare {r['bare_ms']} ms); aten ops "
+                 f"median of interleaved rounds; min/min {r['ratio']}x (guard {r['guard_ms']} ms, bare {r['bare_ms']} ms); aten ops "
                  f"{r['ops_guard']} vs {r['ops_bare']}") for r in run_guard(device, rounds=7)]
 
 

@@ -48,8 +48,8 @@ All of this happens on the device, on every device, by selection: no host read (
 read is a sync and a compiled graph's break), and the same path for clean and bad input.
 The references and the scan's state paths clean with :func:`_clean` and spoil with
 :class:`_Spoil`; the fast scan without a state folds the same guard into one Function around
-the chunked core (:class:`_GuardedScan`), whose cost on clean input is a few full-size passes
-and about 25 small kernels (measured in docs/BENCHMARKS.md, section 4).
+the chunked core (:class:`_GuardedScan`), whose cost on clean input is five full-size passes
+and about 22 small kernels (measured in docs/BENCHMARKS.md, section 4).
 
 Mixed precision. Every function turns autocast off inside and computes in float32
 (float64 stays float64) whatever the input dtype or autocast region, as autocast itself
