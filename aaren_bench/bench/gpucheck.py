@@ -18,14 +18,13 @@ counts, the scan against a copy, the guard's cost, the kernels) and exits 0. One
   classify, forecast and events sizes (CPU: only when asked, compiling C++ takes minutes);
 - ``scan``: the fast scan's forward and forward+backward at B16 N8192 D128 against a device copy
   of the same bytes (the memory floor);
-- ``guard``: the scan with its non-finite guard against the bare chunked scan (forward+backward);
+- ``guard``: the scan with its non-finite guard against the bare chunked scan (forward, forward+backward);
 - ``streaming``: per-token step time and state size of each backbone (aaren_bench.bench.streaming).
 """
 from __future__ import annotations
 
 import argparse
 import csv
-import math
 import subprocess
 import sys
 import time
@@ -181,30 +180,14 @@ def part_scan(device: torch.device, B: int = 16, N: int = 8192, D: int = 128) ->
                  f"{t[k]['median'] / floor:.1f}x a copy of v ({1e3 * floor:.3f} ms)") for k in ("fwd", "fwd+bwd")]
 
 
-def part_guard(device: torch.device, B: int = 16, H: int = 8, N: int = 2048, D: int = 16) -> list[dict]:
-    """fwd+bwd of the scan (guard included) against the bare chunked scan on the same clean input."""
-    from aaren_bench.ops import scan
-    from aaren_bench.ops.chunked import ChunkedScan
+def part_guard(device: torch.device) -> list[dict]:
+    """The scan with its non-finite guard over the bare chunked scan, fwd and fwd+bwd, at the issue's
+    size and a classify layer's, contiguous inputs and a layer's transposed views (aaren_bench.bench.guard)."""
+    from aaren_bench.bench.guard import run_guard
 
-    g = torch.Generator(device="cpu").manual_seed(0)
-    s = torch.randn(B, H, N, generator=g).to(device).requires_grad_()
-    v = torch.randn(B, H, N, D, generator=g).to(device).requires_grad_()
-    w = torch.randn(B, H, N, D, generator=g).to(device)
-    mask = torch.ones(B, N, dtype=torch.bool, device=device)
-    mask[::2, N // 2:] = False
-
-    def bare():
-        masked = s.masked_fill(~mask[:, None], -math.inf)
-        o, _ = ChunkedScan.apply(masked, v, 32)
-        torch.autograd.grad((o * w).sum(), (s, v))
-
-    def guarded():
-        torch.autograd.grad((scan(s, v, mask) * w).sum(), (s, v))
-
-    t = time_interleaved({"bare": bare, "guard": guarded}, 7, device)
-    ratio = t["guard"]["min"] / t["bare"]["min"]
-    return [_row("guard", f"B{B} H{H} N{N} D{D} fwd+bwd", round(ratio, 3), "x bare",
-                 f"guard {1e3 * t['guard']['min']:.1f} ms, bare {1e3 * t['bare']['min']:.1f} ms (min of 7)")]
+    return [_row("guard", f"{r['size']} {r['layout']} {r['pass_']}", r["paired"], "x bare",
+                 f"median of interleaved rounds; min/min {r['ratio']}x (guard {r['guard_ms']} ms, bare {r['bare_ms']} ms); aten ops "
+                 f"{r['ops_guard']} vs {r['ops_bare']}") for r in run_guard(device, rounds=7)]
 
 
 def part_streaming(device: torch.device) -> list[dict]:

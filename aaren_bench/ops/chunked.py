@@ -176,16 +176,19 @@ def scan_core(s: Tensor, v: Tensor, chunk: int, lo: Tensor | None = None) -> tup
 
 def scan_core_backward(
     s: Tensor, v: Tensor, o: Tensor, m: Tensor, lam: Tensor, do: Tensor, chunk: int,
-    dlam: Tensor | None = None,
+    dlam: Tensor | None = None, dead: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Gradients (ds (B, H, N), dv (B, H, N, D)) of ``scan_core``'s o (and lam, m held
-    fixed) for upstream do (and dlam)."""
+    fixed) for upstream do (and dlam). ``dead`` (B, H, N), optional: rows with do = 0 whose o
+    may be NaN (a spoiled tail, see :class:`aaren_bench.ops.scan._GuardedScan`); their delta is 0."""
     B, H, N, D = v.shape
     C = min(max(chunk, 2), N)
     J = -(-N // C)
     delta = torch.einsum("bhnd,bhnd->bhn", do, o)  # (B, H, N)
     if dlam is not None:
         delta = delta - dlam
+    if dead is not None:
+        delta = delta.masked_fill(dead, 0.0)
     sb = _pad_to(s, J * C, -1, NEG_INF).view(B, H, J, C)
     # an empty prefix gets m = +inf, lam = 0: every weight of its row is exp(-inf) = 0
     m_ref = _replace_inf(_pad_to(m, J * C, -1, NEG_INF), neg=POS_INF).view(B, H, J, C)

@@ -41,12 +41,15 @@ weight. Backward: a zero upstream gradient at a spoiled output passes nothing, s
 that ignores those outputs gets exactly the clean prefix's gradients; any other upstream
 gradient there is charged, as NaN, to the score and value of the bad tokens of that row
 and to nothing else (masked tokens keep gradient 0), so an optimizer step on a NaN loss is
-poisoned as visibly as the loss.
+poisoned as visibly as the loss. (:func:`scan` tests "other" by a 2-norm per position: a
+gradient vector there with no entry as large as 2^-74, about 5e-23, counts as 0.)
 
 All of this happens on the device, on every device, by selection: no host read (on a GPU a
 read is a sync and a compiled graph's break), and the same path for clean and bad input.
-Its cost on clean input is a few full-size elementwise passes (measured in
-docs/BENCHMARKS.md, section 4).
+The references and the scan's state paths clean with :func:`_clean` and spoil with
+:class:`_Spoil`; the fast scan without a state folds the same guard into one Function around
+the chunked core (:class:`_GuardedScan`), whose cost on clean input is five full-size passes
+and about 22 small kernels (measured in docs/BENCHMARKS.md, section 4).
 
 Mixed precision. Every function turns autocast off inside and computes in float32
 (float64 stays float64) whatever the input dtype or autocast region, as autocast itself
@@ -67,7 +70,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from aaren_bench.ops.chunked import ChunkedScan, autocast_off
+from aaren_bench.ops.chunked import ChunkedScan, autocast_off, scan_core, scan_core_backward
 
 __all__ = [
     "ScanState",
@@ -165,6 +168,17 @@ def _lead(mask: Tensor, like: Tensor) -> Tensor:
     return mask.view(*mask.shape, *([1] * (like.dim() - mask.dim())))
 
 
+def _scaled_sums(v: Tensor) -> Tensor:
+    """(..., D) -> (...): each float32 row's sum times 2^-32, in one matrix-vector product that
+    reads v in place (its leading dims taken in memory order: a layer's v is a transposed view,
+    which matmul would otherwise copy)."""
+    order = sorted(range(v.dim() - 1), key=lambda i: -v.stride(i))
+    if order == list(range(v.dim() - 1)):
+        return v @ v.new_full((v.shape[-1],), 2.0**-32)
+    sums = v.permute(*order, v.dim() - 1) @ v.new_full((v.shape[-1],), 2.0**-32)
+    return sums.permute(*sorted(range(len(order)), key=order.__getitem__))
+
+
 def _finite_rows(v: Tensor) -> Tensor:
     """(..., D) -> (...): whether every value of the row is finite, decided on the device.
 
@@ -178,7 +192,26 @@ def _finite_rows(v: Tensor) -> Tensor:
         return torch.ones(v.shape[:-1], dtype=torch.bool, device=v.device)
     if v.dtype == torch.float64:
         return torch.isfinite(v).all(-1)
-    return torch.isfinite(v @ v.new_full((v.shape[-1],), 2.0**-32))
+    return torch.isfinite(_scaled_sums(v))
+
+
+def _finite_tokens(s: Tensor, v: Tensor) -> Tensor:
+    """(B, H, N): score and every value finite. float32: one test of s * 2^-32 added to the
+    scaled row sums (:func:`_finite_rows`; the total stays below 2^121, so only NaN or inf in
+    s or v makes it non-finite)."""
+    if v.dtype == torch.float64 or not v.shape[-1]:
+        return torch.isfinite(s) & _finite_rows(v)
+    total = torch.add(_scaled_sums(v), s, alpha=2.0**-32)
+    return (total - total) == 0  # x - x is 0 for finite x, NaN for inf or NaN: two kernels, isfinite takes four
+
+
+def _out_tokens(s: Tensor, mask: Tensor | None) -> Tensor:
+    """(B, H, N): the tokens that take no part, masked or scored -inf."""
+    out = torch.isneginf(s)
+    if mask is None:
+        return out
+    mask = mask.bool()
+    return out | ~(mask[:, None, :] if mask.dim() == 2 else mask)
 
 
 class _Clean(NamedTuple):
@@ -203,10 +236,7 @@ def _clean(
     s_in, v_in = s, v
     s, v = s.to(dtype), v.to(dtype)
     v_finite = _finite_rows(v)  # (B, H, N)
-    out = torch.isneginf(s)
-    if mask is not None:
-        mask = mask.bool()
-        out = out | ~(mask[:, None, :] if mask.dim() == 2 else mask)
+    out = _out_tokens(s, mask)
     bad = ~out & ~(torch.isfinite(s) & v_finite)
     s = s.masked_fill(out | bad, NEG_INF)
     v = torch.where(v_finite[..., None], v, 0.0)
@@ -416,6 +446,85 @@ def scan_hillis_steele(s: Tensor, v: Tensor, mask: Tensor | None = None) -> Tens
 # --------------------------------------------------------------------------------------
 
 
+def _nan_tail(bad: Tensor, dtype: torch.dtype) -> Tensor:
+    """(B, H, N) -> (B, H, N, 1), float: NaN at and after each row's first bad token, -0.0
+    before it (a cumulative sum: NaN stays NaN, -0.0 + -0.0 is -0.0). Added to an output, x +
+    -0.0 is x bit for bit: one broadcast add spoils the tail."""
+    return torch.full(bad.shape, -0.0, dtype=dtype, device=bad.device).masked_fill_(bad, NAN).cumsum(-1)[..., None]
+
+
+_BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _zero_rows(t: Tensor, rows: Tensor) -> Tensor:
+    """t (..., D) with +0.0 over ``rows`` (a bool over its leading dims) and every other bit
+    kept, NaN and -0.0 included; written contiguous. A selection, done as an AND of t's bits
+    with all ones or all zeros per row: as cheap as a copy, where ``torch.where`` with a
+    per-row condition costs about two on the CPU."""
+    bits = _BITS[t.element_size()]
+    keep = rows.to(bits).sub_(1)[..., None]  # -1 (all bits set) or 0
+    out = torch.empty(t.shape, dtype=bits, device=t.device)
+    return torch.bitwise_and(t.view(bits), keep, out=out).view(t.dtype)
+
+
+def _drop_spoiled(g: Tensor, spoiled: Tensor) -> tuple[Tensor, Tensor]:
+    """The upstream gradient with its spoiled rows dropped (written contiguous: a layer's
+    gradient arrives as a transposed view, and this is the copy the bare scan makes), and the
+    (B, H) rows with a nonzero (or NaN) entry there, by the 2-norm of each position's gradient:
+    one read of g, no cancellation. Its squares underflow: a gradient vector with no entry as
+    large as 2^-74 (about 5e-23; float64: 2^-537) counts as 0 there, dropped instead of charged."""
+    hit = ((torch.linalg.vector_norm(g, 2, -1) != 0) & spoiled).any(-1)
+    return _zero_rows(g, spoiled), hit
+
+
+class _GuardedScan(torch.autograd.Function):
+    """The fast scan of raw input, the guard included: o (B, H, N, D) from s (B, H, N),
+    v (B, H, N, D) in the accumulation dtype and ``out`` (B, H, N), the tokens that take no part.
+
+    The guard of the module docstring for a few passes on clean input, all on the device:
+    forward, one finiteness test of scores and values (:func:`_finite_tokens`), the
+    non-finite values zeroed elementwise (``nan_to_num``: such a value belongs to a token
+    whose weight is 0, where any finite number does) and the spoiled tail added in place
+    (NaN, or -0.0: x + -0.0 is x, bit for bit); backward, the upstream gradient's spoiled rows
+    dropped by a bit mask (:func:`_zero_rows`) and tested by a 2-norm (:func:`_drop_spoiled`).
+    The core then sees what :class:`ChunkedScan` sees on the cleaned input, except that o is
+    NaN on spoiled rows, whose delta it drops (``dead``): the same numbers, bit for bit. Out
+    and bad tokens weigh exactly 0, so their gradients are exactly 0 with no selection. The
+    charge costs nothing: a bad token of a hit row gets score NaN in the backward's copy of
+    the scores (-inf in the forward's), which makes exactly its own column of the block
+    weights NaN (``tril_`` removes the entries above the diagonal by selection), so its
+    score and value gradients come out NaN and nothing else changes.
+    """
+
+    @staticmethod
+    def forward(ctx, s: Tensor, v: Tensor, out: Tensor, chunk: int):
+        drop = out | ~_finite_tokens(s, v)  # out, or bad: scored -inf
+        bad = drop ^ out
+        s = s.masked_fill(drop, NEG_INF).contiguous()
+        # written contiguous: a layer's v is a transposed view, and this is the copy the bare scan makes
+        v = torch.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0, out=torch.empty(v.shape, dtype=v.dtype, device=v.device))
+        with autocast_off(v):
+            o, m, lam = scan_core(s, v, chunk)
+        # in place: the output is kept for backward as it is returned, NaN rows and all (their
+        # delta is dropped there)
+        tail = _nan_tail(bad, o.dtype)
+        o.add_(tail)
+        ctx.save_for_backward(s, v, o, m, lam, bad, tail)
+        ctx.chunk = chunk
+        return o
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g: Tensor):
+        s, v, o, m, lam, bad, tail = ctx.saved_tensors
+        spoiled = torch.isnan(tail[..., 0])  # at and after a bad token
+        do, hit = _drop_spoiled(g.to(o.dtype), spoiled)
+        s = s.masked_fill(bad & hit[..., None], NAN)
+        with autocast_off(v):
+            ds, dv = scan_core_backward(s, v, o, m, lam, do, ctx.chunk, dead=spoiled)
+        return ds, dv, None, None
+
+
 def _continue(state: ScanState, s: Tensor, o: Tensor, lam: Tensor) -> Tensor:
     """Outputs of a scan over (s, v) continued after the prefix summarised by ``state``.
 
@@ -453,7 +562,9 @@ def scan(
     :func:`scan_step`); the outputs then continue that prefix, exactly as one scan over
     all the tokens would (and so does the returned state). Gradients reach it too.
     Returns o (B, H, N, D) in v's dtype, and the final :class:`ScanState` if asked.
-    The backward is exact and hand-written; it keeps s, v, o and two numbers per position.
+    The backward is exact and hand-written; it keeps s, v, o and two numbers per position
+    (o is the tensor returned, as for ``torch.exp``: change a clone of it, not o in place;
+    torch refuses the in-place change with that advice).
     """
     _check(s, v, mask)
     if chunk < 1:
@@ -464,6 +575,8 @@ def scan(
     if v.shape[2] == 0:
         return _empty_result(s, v, return_state, initial_state)
     with autocast_off(v):
+        if initial_state is None and not return_state:
+            return _GuardedScan.apply(s.to(dtype), v.to(dtype), _out_tokens(s, mask), chunk).to(v.dtype)
         cl = _clean(s, v, mask, dtype, initial_state)
         o, lam = ChunkedScan.apply(cl.s.contiguous(), cl.v.contiguous(), chunk)  # (B, H, N, D), (B, H, N)
         state = None
