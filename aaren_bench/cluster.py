@@ -140,6 +140,10 @@ class RankZeroDecision:
             self.tell("stop", exit_status(error), f"{type(error).__name__}: {error}")
         elif error is None and self.told == "run" and self.path is not None:
             self.path.unlink(missing_ok=True)
+            try:
+                self.folder.rmdir()  # only when no other launch's file is there
+            except OSError:
+                pass
 
 
 def exit_status(error: BaseException) -> int:
@@ -239,15 +243,6 @@ class SaveOnSignal(L.Callback):
             self.saved = True
             log.warning("stopped by a signal at step %d: checkpoint written to %s", trainer.global_step, self.path)
         raise SIGTERMException()  # every process, at the same step
-
-
-def leave_process_group() -> None:
-    """Destroy this process's torch.distributed group, if any (a process stopped by a signal exits
-    without waiting on its peers)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
 
 
 def stopped_by_signal(exception: BaseException) -> bool:

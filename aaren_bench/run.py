@@ -34,7 +34,6 @@ from aaren_bench.cluster import (
     check_launch,
     in_local_sweep,
     is_launch_zero,
-    leave_process_group,
     quiet_follower_log,
     stopped_by_signal,
 )
@@ -393,7 +392,6 @@ def _run(cfg: DictConfig, cell: Cell, overrides: list[str], run_dir: Path, debug
             except SystemExit as e:  # Lightning's stop at SIGTERM exits 0: a killed job must not look successful
                 if not stopped_by_signal(e):
                     raise
-                leave_process_group()  # so the process exits at once, before the scheduler's SIGKILL
                 raise Preempted(f"stopped by a signal (scancel, preemption, time limit) at step {trainer.global_step}; "
                                 f"run the same command to resume from {last}") from None
             # the fit time of every attempt (up to its last checkpoint) when resumed
