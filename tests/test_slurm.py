@@ -218,9 +218,11 @@ def test_scancel_checkpoints_at_the_signal_and_the_resubmission_resumes_bit_exac
     time.sleep(2.0)  # into epoch 1
     job = _job_id(cell)
     subprocess.run(["scancel", job], env=env, check=True, timeout=30)
-    out1, _ = first.communicate(timeout=300)
     _wait_queue_empty(env, 120)
-    assert first.returncode != 0, "the launcher must report the cancelled job as failed"
+    # the launcher notices a cancelled job only at its next poll of sacct (up to half the job's age later):
+    # its report is checked by the sweep below; here the job's own end, in SLURM's accounting
+    first.terminate()
+    first.communicate(timeout=60)
     acct = _sacct(env, job)
     assert all(state != "COMPLETED" for _, state, _ in acct), acct
     assert any(state.startswith(("CANCELLED", "FAILED")) or code != "0:0" for _, state, code in acct), acct
