@@ -159,15 +159,14 @@ def await_decision(runs_root: str | Path, cell: str, env=None, poll_s: float = 0
     if launch is None:
         return "run"  # started by rank zero's Lightning after it took the lock
     path, timeout = Path(runs_root) / DECISIONS / f"{launch}.json", follow_timeout(env)
-    deadline = time.monotonic() + timeout
-    while not path.exists():
+    since, deadline = time.time() - timeout, time.monotonic() + timeout
+    while (told := _fresh(path, since)) is None:
         if time.monotonic() > deadline:
             raise NoDecision(
                 f"global rank zero of launch {launch} said nothing about cell {cell} within {timeout:g} s "
-                f"(no {path}): it may have failed or been killed before deciding; see its log. Set "
+                f"(no new {path}): it may have failed or been killed before deciding; see its log. Set "
                 f"AAREN_FOLLOW_TIMEOUT_S to wait longer (a slow shared file system).")
         time.sleep(poll_s)
-    told = json.loads(path.read_text())
     if told.get("cell") != cell:
         raise ConfigError(f"rank zero of launch {launch} runs cell {told.get('cell')}, this process {cell}: every "
                           f"process of a run needs the same command and configuration")
@@ -175,6 +174,16 @@ def await_decision(runs_root: str | Path, cell: str, env=None, poll_s: float = 0
         raise Stopped(f"global rank zero stopped cell {cell} (exit status {told['exit_code']}): {told['message']}",
                       told["exit_code"])
     return told["decision"]
+
+
+def _fresh(path: Path, since: float) -> dict | None:
+    """The decision in ``path`` if written after ``since``; None when absent or left by an older launch
+    of the same name (job ids start over on a new cluster)."""
+    try:
+        told = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    return told if float(told.get("time", 0)) >= since else None
 
 
 def quiet_follower_log() -> None:

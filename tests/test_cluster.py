@@ -1,7 +1,9 @@
 """Cluster pieces on their own: which process writes, a checkpoint at SIGTERM, checkpoint paths that
-move with their folder, a sweep report that lets every cell run."""
+move with their folder, a sweep report that lets every cell run, the other processes following rank
+zero's decision (run, skip, stop with its exit status, or a timeout with a message)."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -155,6 +157,12 @@ def test_followers_run_or_skip_as_rank_zero_says(tmp_path):
 def test_a_follower_that_hears_nothing_stops_with_a_message(tmp_path):
     env = {**TASK, "SLURM_PROCID": "1", "AAREN_FOLLOW_TIMEOUT_S": "0.5"}
     with pytest.raises(NoDecision, match="said nothing about cell c/d/p/m/seed0 within 0.5 s.*AAREN_FOLLOW_TIMEOUT_S"):
+        await_decision(tmp_path, "c/d/p/m/seed0", env, poll_s=0.05)
+    stale = tmp_path / ".launch" / "slurm-41.0.0.json"  # the same job id on an earlier cluster, long ago
+    stale.parent.mkdir()
+    stale.write_text(json.dumps({"cell": "c/d/p/m/seed0", "decision": "run", "exit_code": 0, "message": "",
+                                 "time": 1000.0}))
+    with pytest.raises(NoDecision, match="no new"):
         await_decision(tmp_path, "c/d/p/m/seed0", env, poll_s=0.05)
     with pytest.raises(ConfigError, match="AAREN_FOLLOW_TIMEOUT_S='soon' must be a number"):
         await_decision(tmp_path, "c/d/p/m/seed0", {**env, "AAREN_FOLLOW_TIMEOUT_S": "soon"})
