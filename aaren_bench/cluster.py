@@ -5,11 +5,17 @@
   computes the same cell; only global rank zero (:func:`is_launch_zero`) takes the cell's lock
   and writes its record, config, ``failed.json`` and logs. The rank is read from the launcher's
   environment, since the lock is taken before any trainer exists.
-- **Preemption.** ``scancel``, a preemption or SLURM's time limit sends SIGTERM. Lightning then
-  finishes the running batch and stops with its ``SIGTERMException`` (a ``SystemExit`` with
-  status 0: the job would look successful). :class:`SaveOnSignal` writes ``last.ckpt`` at that
-  step first, and the run loop turns the stop into :class:`Preempted` (exit status 143, as a
-  process killed by SIGTERM), so the scheduler sees a failure and the resubmitted job resumes
+- **Followers learn rank zero's decision.** Under SLURM (or torchrun) every process starts at
+  once; the others wait for what rank zero decided about the cell (:class:`RankZeroDecision`,
+  a small file under ``<runs>/.launch/``, named by the launch): run it, skip it (done) or stop
+  (busy, refused, misconfigured, with rank zero's exit status). A follower that hears nothing
+  within ``AAREN_FOLLOW_TIMEOUT_S`` seconds (default 300) stops with a message. Processes that
+  Lightning starts itself exist only once rank zero decided to run, so they do not wait.
+- **Preemption.** ``scancel``, a preemption or SLURM's time limit sends SIGTERM (to every task of
+  the job). :class:`SaveOnSignal` lets the running batch finish, writes ``last.ckpt`` at that step
+  (all processes agree on the step) and stops with Lightning's ``SIGTERMException`` (a
+  ``SystemExit`` with status 0: the job would look successful); the run loop turns the stop
+  into :class:`Preempted` (exit status 143, as a process killed by SIGTERM), so the scheduler sees a failure and the resubmitted job resumes
   from that step bit for bit (``aaren_bench.resume``).
 - **Sweeps go on.** In a local ``-m`` sweep (Hydra's basic launcher runs the cells one after
   another in one process), a cell that fails, is busy or is misconfigured is reported and the
@@ -18,15 +24,19 @@
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 import lightning as L
 from hydra.experimental.callback import Callback as HydraCallback
 
 from aaren_bench.errors import ConfigError, SuiteError
+from aaren_bench.results import write_json_atomic
 
 log = logging.getLogger("aaren_bench")
 
@@ -49,34 +59,199 @@ def is_launch_zero(env=None) -> bool:
     return int(env.get("NODE_RANK", "0") or 0) == 0 and int(env.get("LOCAL_RANK", "0") or 0) == 0
 
 
+# --- the other processes follow rank zero -----------------------------------------------------
+
+DECISIONS = ".launch"  # under the runs root: one small file per launch of several processes
+FOLLOW_TIMEOUT_S = 300.0
+
+
+class Stopped(SuiteError):
+    """Rank zero of this launch stopped the cell (busy, refused, misconfigured): a follower exits as it did."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = int(exit_code)
+
+
+class NoDecision(SuiteError):
+    """A follower heard nothing from rank zero of its launch in time."""
+
+
+def launch_id(env=None) -> str | None:
+    """A name that the processes of one launch share and no other launch has: SLURM's job, step and
+    restart count (a requeued job is a new launch), or torchrun's run id, restart count and rendezvous
+    port. None for a single process and for processes that Lightning starts itself."""
+    env = os.environ if env is None else env
+    if int(env.get("SLURM_NTASKS", "1") or 1) > 1 and env.get("SLURM_JOB_ID") and env.get("SLURM_PROCID"):
+        return f"slurm-{env['SLURM_JOB_ID']}.{env.get('SLURM_STEP_ID') or 0}.{env.get('SLURM_RESTART_COUNT') or 0}"
+    if env.get("TORCHELASTIC_RUN_ID") and env.get("RANK") not in (None, ""):
+        return (f"torchrun-{env['TORCHELASTIC_RUN_ID']}.{env.get('TORCHELASTIC_RESTART_COUNT') or 0}"
+                f".{env.get('MASTER_PORT') or 0}")
+    return None
+
+
+def follow_timeout(env=None) -> float:
+    env = os.environ if env is None else env
+    raw = env.get("AAREN_FOLLOW_TIMEOUT_S") or FOLLOW_TIMEOUT_S
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigError(f"AAREN_FOLLOW_TIMEOUT_S={raw!r} must be a number of seconds") from None
+
+
+class RankZeroDecision:
+    """What global rank zero decided about its cell, told to the other processes of its launch.
+
+    Rank zero (a context manager around its part of the run loop) writes
+    ``<runs>/.launch/<launch id>.json`` once: ``run``, ``skip`` (the cell is done) or ``stop``,
+    with the exit status and message of the error that left the block before it said ``run``.
+    The file of a launch that ran to the end is removed (its followers have read it, or they could
+    not have trained with rank zero); the others are removed by a later launch after the timeout.
+    Without a launch id (one process) it does nothing.
+    """
+
+    def __init__(self, runs_root: str | Path, cell: str, env=None):
+        self.launch, self.cell, self.told = launch_id(env), cell, None
+        self.folder = Path(runs_root) / DECISIONS
+        self.path = self.folder / f"{self.launch}.json" if self.launch else None
+        self.timeout = follow_timeout(env)
+
+    def tell(self, decision: str, exit_code: int = 0, message: str = "") -> None:
+        if self.path is None or self.told:
+            return
+        self._clean_old()
+        write_json_atomic(self.path, {"cell": self.cell, "decision": decision, "exit_code": int(exit_code),
+                                      "message": message, "time": time.time()})
+        self.told = decision
+
+    def _clean_old(self) -> None:
+        for p in self.folder.glob("*.json") if self.folder.is_dir() else ():
+            try:
+                if time.time() - p.stat().st_mtime > 2 * self.timeout:
+                    p.unlink()
+            except OSError:
+                pass  # removed by another launch meanwhile
+
+    def __enter__(self) -> RankZeroDecision:
+        return self
+
+    def __exit__(self, kind, error, tb) -> None:
+        if error is not None and not self.told:
+            self.tell("stop", exit_status(error), f"{type(error).__name__}: {error}")
+        elif error is None and self.told == "run" and self.path is not None:
+            self.path.unlink(missing_ok=True)
+            try:
+                self.folder.rmdir()  # only when no other launch's file is there
+            except OSError:
+                pass
+
+
+def exit_status(error: BaseException) -> int:
+    """The exit status a process ends with after ``error`` (a suite error's own, 1 for others)."""
+    code = error.code if isinstance(error, SystemExit) else getattr(error, "exit_code", 1)
+    return code if isinstance(code, int) and code else 1
+
+
+def await_decision(runs_root: str | Path, cell: str, env=None, poll_s: float = 0.2) -> str:
+    """A follower: wait for rank zero's decision about ``cell`` and return ``run`` or ``skip``;
+    raise :class:`Stopped` (rank zero's exit status) or, after the timeout, :class:`NoDecision`."""
+    launch = launch_id(env)
+    if launch is None:
+        return "run"  # started by rank zero's Lightning after it took the lock
+    path, timeout = Path(runs_root) / DECISIONS / f"{launch}.json", follow_timeout(env)
+    since, deadline = time.time() - timeout, time.monotonic() + timeout
+    while (told := _fresh(path, since)) is None:
+        if time.monotonic() > deadline:
+            raise NoDecision(
+                f"global rank zero of launch {launch} said nothing about cell {cell} within {timeout:g} s "
+                f"(no new {path}): it may have failed or been killed before deciding; see its log. Set "
+                f"AAREN_FOLLOW_TIMEOUT_S to wait longer (a slow shared file system).")
+        time.sleep(poll_s)
+    if told.get("cell") != cell:
+        raise ConfigError(f"rank zero of launch {launch} runs cell {told.get('cell')}, this process {cell}: every "
+                          f"process of a run needs the same command and configuration")
+    if told["decision"] == "stop":
+        raise Stopped(f"global rank zero stopped cell {cell} (exit status {told['exit_code']}): {told['message']}",
+                      told["exit_code"])
+    return told["decision"]
+
+
+def _fresh(path: Path, since: float) -> dict | None:
+    """The decision in ``path`` if written after ``since``; None when absent or left by an older launch
+    of the same name (job ids start over on a new cluster)."""
+    try:
+        told = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    return told if float(told.get("time", 0)) >= since else None
+
+
+def quiet_follower_log() -> None:
+    """A follower writes no log file (Hydra's ``train.log`` in the cell folder is rank zero's); it still prints."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if isinstance(h, logging.FileHandler):
+            root.removeHandler(h)
+            h.close()
+
+
 class SaveOnSignal(L.Callback):
     """On SIGTERM, write ``path`` (``last.ckpt``) at the end of the running training batch, where
     Lightning's own checkpoints are written (so a resume from it is bit-exact, as from
-    :class:`aaren_bench.resume.MidEpochCheckpoint`); Lightning stops right after.
+    :class:`aaren_bench.resume.MidEpochCheckpoint`), and stop training (Lightning's
+    ``SIGTERMException``).
 
-    Under several processes the signal may reach one process first: they agree at each batch end
-    (one small collective, besides the one Lightning makes there) and all save at the same step.
-    Not after the last batch of an epoch: Lightning resumes from such a checkpoint past the
-    epoch's end without running it; the last checkpoint written before stays.
+    While training runs, SIGTERM only sets a flag here: Lightning's own handler makes a collective
+    call from inside the signal handler under several processes (Lightning 2.6), which meets
+    whatever collective the other processes are in (each SLURM task gets the signal at its own
+    moment): processes then disagree, one stops without a checkpoint and the others fail or
+    hang. Here the processes agree at each batch end (one small collective, besides the one
+    Lightning makes there) and all save and stop at the same step. Not after the last batch of
+    an epoch: Lightning resumes from such a checkpoint past the epoch's end without running it;
+    the last checkpoint written before stays. Before training starts (setup, data) and while
+    testing, Lightning's handler is in place.
     """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.saved = False
+        self.signalled = False
+        self._before = None
+
+    def _note(self, signum, frame) -> None:
+        self.signalled = True  # no collective, no I/O: acted on at the next batch end
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._before = signal.getsignal(signal.SIGTERM)  # Lightning's, registered at the start of fit
+        signal.signal(signal.SIGTERM, self._note)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._restore()
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        if self._before is not None:
+            signal.signal(signal.SIGTERM, self._before)
+            self._before = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        signalled = bool(trainer.received_sigterm)
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        signalled = self.signalled or bool(trainer.received_sigterm)
         if trainer.world_size > 1:
             signalled = trainer.strategy.reduce_boolean_decision(signalled, all=False)
-        if not signalled or self.saved:
+        if not signalled:
             return
         if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             log.warning("stopped by a signal after the last batch of epoch %d: resuming from the checkpoint written "
                         "before it", trainer.current_epoch)
-            return
-        trainer.save_checkpoint(self.path)  # every process takes part; rank zero writes
-        self.saved = True
-        log.warning("stopped by a signal at step %d: checkpoint written to %s", trainer.global_step, self.path)
+        else:
+            trainer.save_checkpoint(self.path)  # every process takes part; rank zero writes
+            self.saved = True
+            log.warning("stopped by a signal at step %d: checkpoint written to %s", trainer.global_step, self.path)
+        raise SIGTERMException()  # every process, at the same step
 
 
 def stopped_by_signal(exception: BaseException) -> bool:

@@ -26,7 +26,17 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from aaren_bench.cellfiles import cell_lock, clean_stray_temp, move_aside, remove_unstarted
-from aaren_bench.cluster import Preempted, SaveOnSignal, check_launch, in_local_sweep, is_launch_zero, stopped_by_signal
+from aaren_bench.cluster import (
+    Preempted,
+    RankZeroDecision,
+    SaveOnSignal,
+    await_decision,
+    check_launch,
+    in_local_sweep,
+    is_launch_zero,
+    quiet_follower_log,
+    stopped_by_signal,
+)
 from aaren_bench.distributed import device_batch
 from aaren_bench.errors import (
     CellBusy,
@@ -223,6 +233,8 @@ def train(cfg: DictConfig) -> dict | None:
     """Run one cell and return its record (or the existing record when it is done)."""
     validate(cfg)  # the schema: every key's type and range, and the relations between keys
     _quiet_duplicate_logs()
+    if not is_launch_zero():
+        quiet_follower_log()  # the cell's log file is rank zero's
     check_launch(cfg.trainer)
     _check_global_batch(cfg)
     cell, overrides = _identity(cfg)
@@ -234,14 +246,22 @@ def train(cfg: DictConfig) -> dict | None:
                  ", ".join(measuring_overrides(overrides)) or f"tag={cell.tag}", cell.key)
     if not is_launch_zero():  # another process of this run: global rank zero holds the lock and writes
         return _follow(cfg, cell, overrides, run_dir)
+    with RankZeroDecision(cfg.paths.runs, cell.key) as decision:  # the other processes wait for what it says
+        return _lead(cfg, cell, overrides, run_dir, decision)
+
+
+def _lead(cfg: DictConfig, cell: Cell, overrides: list[str], run_dir: Path, decision: RankZeroDecision) -> dict:
+    """Global rank zero: take the cell's lock, run (or skip) the cell, and tell the other processes."""
     _, unreadable = read_record(result_path(run_dir))
     if unreadable:
         log.warning("%s %s: the cell is not done and runs again", result_path(run_dir), unreadable)
     if cfg.trainer.get("fast_dev_run"):
+        decision.tell("run")
         return _smoke(cfg, cell, overrides, run_dir)
     if cfg.get("restart"):
         _restart(run_dir, cell)
     elif cfg.skip_done and is_done(run_dir):
+        decision.tell("skip")
         return _skip(run_dir, overrides)
     with cell_lock(run_dir) as held:
         if not held:  # another job runs the cell: leave its folder and its lock alone
@@ -249,7 +269,9 @@ def train(cfg: DictConfig) -> dict | None:
                            f"{(run_dir / '.lock').read_text().strip()}); not starting it twice")
         clean_stray_temp(run_dir)
         if cfg.skip_done and not cfg.get("restart") and is_done(run_dir):  # finished while this job was queued
+            decision.tell("skip")
             return _skip(run_dir, overrides)
+        decision.tell("run")
         try:
             return _run(cfg, cell, overrides, run_dir, debug=False)
         except BaseException:
@@ -265,12 +287,12 @@ def _check_global_batch(cfg: DictConfig) -> None:
 
 
 def _follow(cfg: DictConfig, cell: Cell, overrides: list[str], run_dir: Path) -> None:
-    """A process other than global rank zero: it runs the same cell (its share of the data), takes no
-    lock and writes nothing; it skips a finished cell as rank zero does."""
-    debug = bool(cfg.trainer.get("fast_dev_run"))
-    if not debug and not cfg.get("restart") and cfg.skip_done and is_done(run_dir):
+    """A process other than global rank zero: it waits for rank zero's decision (run, skip, or stop with
+    rank zero's exit status), then runs the same cell on its share of the data, taking no lock and
+    writing nothing (no record, config or log file)."""
+    if await_decision(cfg.paths.runs, cell.key) == "skip":
         return None
-    _run(cfg, cell, overrides, run_dir, debug=debug, writer=False)
+    _run(cfg, cell, overrides, run_dir, debug=bool(cfg.trainer.get("fast_dev_run")), writer=False)
     return None
 
 

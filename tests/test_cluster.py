@@ -1,7 +1,9 @@
 """Cluster pieces on their own: which process writes, a checkpoint at SIGTERM, checkpoint paths that
-move with their folder, a sweep report that lets every cell run."""
+move with their folder, a sweep report that lets every cell run, the other processes following rank
+zero's decision (run, skip, stop with its exit status, or a timeout with a message)."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -97,3 +99,70 @@ def test_sweep_report_lets_the_sweep_go_on_and_fails_at_the_end(monkeypatch, cap
         report.on_multirun_end(None)
     assert end.value.code == 1
     assert "1 of 2 cell(s) of this sweep failed" in capsys.readouterr().err
+
+
+# --- the other processes follow rank zero's decision ----------------------------------------
+from aaren_bench.cluster import NoDecision, RankZeroDecision, Stopped, await_decision, launch_id  # noqa: E402
+from aaren_bench.errors import CellBusy, ConfigError  # noqa: E402
+
+TASK = {"SLURM_NTASKS": "2", "SLURM_JOB_ID": "41", "SLURM_STEP_ID": "0"}
+
+
+@pytest.mark.parametrize("env,launch", [
+    ({}, None),  # one process
+    ({"LOCAL_RANK": "1", "NODE_RANK": "0"}, None),  # started by rank zero's Lightning: nothing to wait for
+    ({**TASK, "SLURM_PROCID": "1"}, "slurm-41.0.0"),
+    ({**TASK, "SLURM_PROCID": "0", "SLURM_RESTART_COUNT": "1"}, "slurm-41.0.1"),  # requeued: a new launch
+    ({"SLURM_NTASKS": "1", "SLURM_JOB_ID": "41", "SLURM_PROCID": "0"}, None),  # a 1-task job
+    ({"TORCHELASTIC_RUN_ID": "r", "RANK": "1", "MASTER_PORT": "2950"}, "torchrun-r.0.2950"),
+], ids=str)
+def test_the_processes_of_a_launch_share_its_name(env, launch):
+    assert launch_id(env) == launch
+
+
+def _lead(root, env, error=None, cell="c/d/p/m/seed0"):
+    """Rank zero's block: says ``run`` unless ``error`` leaves it first."""
+    with RankZeroDecision(root, cell, env) as decision:
+        if error is not None:
+            raise error
+        decision.tell("run")
+    return decision
+
+
+def test_followers_stop_with_rank_zeros_exit_status(tmp_path):
+    zero, one = {**TASK, "SLURM_PROCID": "0"}, {**TASK, "SLURM_PROCID": "1"}
+    with pytest.raises(CellBusy):
+        _lead(tmp_path, zero, CellBusy("cell c/d/p/m/seed0 is running in another process"))
+    with pytest.raises(Stopped, match=r"exit status 75\): CellBusy: cell c/d/p/m/seed0 is running") as stop:
+        await_decision(tmp_path, "c/d/p/m/seed0", one)
+    assert stop.value.exit_code == CellBusy.exit_code == 75
+    with pytest.raises(ConfigError, match="every process of a run needs the same command"):
+        await_decision(tmp_path, "c/d/p/m/seed1", one)
+
+
+def test_followers_run_or_skip_as_rank_zero_says(tmp_path):
+    one = {**TASK, "SLURM_PROCID": "1"}
+    zero = {**TASK, "SLURM_PROCID": "0"}
+    decision = RankZeroDecision(tmp_path, "c/d/p/m/seed0", zero)
+    decision.tell("skip")
+    decision.tell("run")  # said once: the first word stands
+    assert await_decision(tmp_path, "c/d/p/m/seed0", one) == "skip"
+    assert await_decision(tmp_path, "c/d/p/m/seed0", {"LOCAL_RANK": "1"}) == "run"  # Lightning's own child
+    restarted = {**TASK, "SLURM_RESTART_COUNT": "1"}
+    told = _lead(tmp_path, {**restarted, "SLURM_PROCID": "0"})
+    assert told.told == "run" and not told.path.exists()  # a launch that ran to the end leaves no file
+    assert _lead(tmp_path, {}).path is None  # one process: nothing is written
+
+
+def test_a_follower_that_hears_nothing_stops_with_a_message(tmp_path):
+    env = {**TASK, "SLURM_PROCID": "1", "AAREN_FOLLOW_TIMEOUT_S": "0.5"}
+    with pytest.raises(NoDecision, match="said nothing about cell c/d/p/m/seed0 within 0.5 s.*AAREN_FOLLOW_TIMEOUT_S"):
+        await_decision(tmp_path, "c/d/p/m/seed0", env, poll_s=0.05)
+    stale = tmp_path / ".launch" / "slurm-41.0.0.json"  # the same job id on an earlier cluster, long ago
+    stale.parent.mkdir()
+    stale.write_text(json.dumps({"cell": "c/d/p/m/seed0", "decision": "run", "exit_code": 0, "message": "",
+                                 "time": 1000.0}))
+    with pytest.raises(NoDecision, match="no new"):
+        await_decision(tmp_path, "c/d/p/m/seed0", env, poll_s=0.05)
+    with pytest.raises(ConfigError, match="AAREN_FOLLOW_TIMEOUT_S='soon' must be a number"):
+        await_decision(tmp_path, "c/d/p/m/seed0", {**env, "AAREN_FOLLOW_TIMEOUT_S": "soon"})

@@ -130,3 +130,43 @@ def test_two_devices_through_train_py_write_one_correct_record(tmp_path):
     one = trainer.test(built.module, datamodule=built.datamodule, ckpt_path=path.parent / rec["best_checkpoint"],
                        verbose=False)[0]
     assert {k: float(v) for k, v in one.items()} == pytest.approx(rec["metrics"], rel=1e-6)
+
+
+def _two_tasks(root: Path, job: str, *extra, timeout=300) -> list[subprocess.CompletedProcess]:
+    """train.py as the 2 tasks of a SLURM job step (SLURM's variables, no SLURM): rank 0 and rank 1 at once."""
+    args = [sys.executable, "train.py", "trainer.accelerator=cpu", "trainer.devices=2", *TINY, *SHORT,
+            f"paths.runs={root}", *extra]
+    procs = []
+    for rank in (0, 1):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "SLURM_JOB_ID": job, "SLURM_STEP_ID": "0",
+               "SLURM_NTASKS": "2", "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank), "AAREN_FOLLOW_TIMEOUT_S": "120"}
+        procs.append(subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))
+    outs = [p.communicate(timeout=timeout) for p in procs]
+    return [subprocess.CompletedProcess(p.args, p.returncode, *out) for p, out in zip(procs, outs)]
+
+
+def test_when_rank_zero_is_refused_the_cell_every_task_exits_as_it_does(tmp_path):
+    from aaren_bench.cellfiles import cell_lock
+    from aaren_bench.errors import CellBusy
+
+    run_dir = Path(compose_config([*TINY, *SHORT, f"paths.runs={tmp_path}"]).run_dir)
+    with cell_lock(run_dir) as held:  # another job runs the cell
+        assert held
+        zero, one = _two_tasks(tmp_path, f"{os.getpid()}1")
+    assert zero.returncode == one.returncode == CellBusy.exit_code, (zero.stderr[-2000:], one.stderr[-2000:])
+    assert "is running in another process" in zero.stderr
+    assert "global rank zero stopped cell" in one.stderr and "(exit status 75): CellBusy" in one.stderr
+    assert not (run_dir / "checkpoints").exists() and not (run_dir / "result.json").exists()
+
+
+def test_when_rank_zero_skips_a_done_cell_every_task_exits_0(tmp_path):
+    cfg = compose_config([*TINY, *SHORT, f"paths.runs={tmp_path}"])
+    record = {"cell": cfg.cell, "task": "classify", "dataset": "JapaneseVowels", "model": "aaren", "seed": 0,
+              "metrics": {"test/acc": 0.5}}
+    Path(cfg.run_dir).mkdir(parents=True)
+    (Path(cfg.run_dir) / "result.json").write_text(json.dumps(record))
+    zero, one = _two_tasks(tmp_path, f"{os.getpid()}2")
+    assert zero.returncode == one.returncode == 0, (zero.stderr[-2000:], one.stderr[-2000:])
+    assert "already done, skipping" in zero.stderr + zero.stdout
+    assert json.loads((Path(cfg.run_dir) / "result.json").read_text()) == record

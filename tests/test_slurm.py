@@ -1,12 +1,20 @@
-"""A real sweep on the local one-node SLURM cluster (slurm/up.sh) through Hydra's submitit launcher.
+"""Real jobs on the local one-node SLURM cluster (slurm/up.sh) through Hydra's submitit launcher.
 
-2 datasets x 2 backbones x 2 seeds of UEA classification with a tiny model: one job is
-cancelled (scancel) after its first checkpoint, the sweep is resubmitted, the cancelled cell
-resumes from ``last.ckpt`` while finished cells are skipped, and the tables are built.
+- **One run on 2 SLURM tasks** (``trainer.accelerator=cpu trainer.devices=2``: the launcher's
+  ``tasks_per_node`` = devices, Lightning's SLURM environment, DDP over gloo) writes one record
+  (one ``result.json``, no ``failed.json``, one log) whose test metrics equal a 1-process test of
+  the recorded best weights over the whole test set, with all 370 test series counted.
+- **scancel of that job** while it trains leaves ``last.ckpt`` at the step reached at the signal
+  (not an epoch end), the job ends non-zero in SLURM's accounting, and the resubmitted job
+  resumes from it and ends bit for bit as the uninterrupted job (weights and test metrics).
+- **A sweep** (1 dataset x 2 backbones x 2 seeds, one task per job): one job is cancelled after
+  its first checkpoint, the sweep is resubmitted, the cancelled cell resumes from ``last.ckpt``
+  while finished cells are skipped, and the tables are built.
 
     slurm/install.sh && pytest -m slurm -s          # brings the cluster up and down itself
 
 Uses a running cluster when ``SLURM_CONF`` (or /tmp/aaren-slurm/slurm.conf) answers ``sinfo``.
+``AAREN_SLURM_TEST_OUT=folder`` keeps the figures (record.json, scancel.json, report.json) and tables.
 """
 from __future__ import annotations
 
@@ -18,16 +26,17 @@ import sys
 import time
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
-DATASETS = ("JapaneseVowels", "Handwriting")
+DATASETS = ("JapaneseVowels",)  # ships with sktime: no $AAREN_DATA needed
 MODELS = ("aaren", "transformer")
 SEEDS = (0, 1)
-EPOCHS = 40
+EPOCHS = 8
 SWEEP = [
     "+matrix=paper",
     "dataset=" + ",".join(DATASETS),
@@ -110,9 +119,149 @@ def _sweep(env) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def test_sweep_kill_resume_tables(cluster, shared_data, tmp_path):
+# --- one run on 2 SLURM tasks: one record; scancel, a checkpoint at the signal, a bit-exact resume ---------
+DDP_BATCH, DDP_TRAIN = 4, 216  # JapaneseVowels: 216 training series after the validation holdout
+DDP_STEPS_PER_EPOCH = -(-DDP_TRAIN // DDP_BATCH)
+DDP_CELL = Path("classify/JapaneseVowels/suite+slurm-ddp/aaren/seed0")
+DDP = [
+    "dataset=JapaneseVowels", "model=aaren", "seed=0",
+    "tag=slurm-ddp",
+    "hydra/launcher=local",  # tasks_per_node = trainer.devices: one SLURM task per process
+    "hydra.launcher.timeout_min=10",
+    "trainer.accelerator=cpu", "trainer.devices=2",  # Lightning's SLURM environment, DDP over gloo
+    f"task.batch_size={DDP_BATCH}",  # the global batch: 2 series per process per step
+    "trainer.max_epochs=2", "task.patience=0", "checkpoint_every_min=null",
+    "task.backbone.d_model=16", "task.backbone.n_layers=1", "task.backbone.n_heads=2", "task.backbone.d_ff=32",
+    "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "logger=csv",
+]
+
+
+def _submit(env: dict, runs: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "train.py", "-m", *DDP], cwd=REPO, env=dict(env, AAREN_RUNS=str(runs)),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _slurm_env(cluster: str) -> dict:
+    return dict(os.environ, SLURM_CONF=cluster, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+
+
+def _sacct(env: dict, job: str) -> list[list[str]]:
+    """(JobID, State, ExitCode) of the job and its steps, once accounting has the job's end."""
+    for _ in range(30):
+        out = subprocess.run(["sacct", "-n", "-P", "-j", job, "-o", "JobID,State,ExitCode"], env=env,
+                             capture_output=True, text=True, timeout=30).stdout
+        rows = [line.split("|") for line in out.splitlines() if line.strip()]
+        if rows and not any(r[1] in ("RUNNING", "PENDING", "COMPLETING") for r in rows):
+            return rows
+        time.sleep(1)
+    raise AssertionError(f"sacct has no end for job {job}: {out!r}")
+
+
+def _state_dict(cell: Path, name: str) -> dict:
+    return torch.load(cell / "checkpoints" / name, map_location="cpu", weights_only=False)
+
+
+@pytest.fixture(scope="module")
+def two_task_run(cluster, tmp_path_factory):
+    """The cell run uninterrupted as one SLURM job of 2 tasks (a process per task): (env, cell folder, seconds)."""
+    env = _slurm_env(cluster)
+    runs = tmp_path_factory.mktemp("ddp-full")
+    t0 = time.time()
+    job = _submit(env, runs)
+    out, _ = job.communicate(timeout=600)
+    assert job.returncode == 0, out[-5000:]
+    return env, runs / DDP_CELL, time.time() - t0
+
+
+def test_two_tasks_write_one_record_equal_to_one_process(two_task_run):
+    from aaren_bench import run
+    from aaren_bench.study import compose_config
+
+    env, cell, seconds = two_task_run
+    runs = cell.parents[len(DDP_CELL.parts) - 1]
+    assert [p.relative_to(runs) for p in runs.rglob("result.json")] == [DDP_CELL / "result.json"]
+    assert not list(runs.rglob("failed.json"))
+    assert not (runs / ".launch").exists(), "rank zero's decision is removed when the run ends"
+    rec = json.loads((cell / "result.json").read_text())
+    assert rec["world_size"] == 2 and rec["device"] == "cpu"
+    assert rec["metrics"]["test/samples"] == 370  # JapaneseVowels' whole test set, every series once
+    assert rec["global_steps"] == 2 * DDP_STEPS_PER_EPOCH  # the global batch: the steps of one process
+    log = (cell / "train.log").read_text()
+    assert log.count("parameters: ") == 1, "the other task must not write the cell's log"
+    # one process, the recorded best weights, the whole test set: the numbers of the 2-task record
+    cfg = compose_config([o for o in DDP if not o.startswith(("hydra", "trainer.devices"))] + [f"paths.runs={runs}"])
+    assert Path(cfg.run_dir) == cell  # devices are neutral: the 1-process run is the same cell
+    built = run.build(cfg)
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=runs / "one-process")
+    one = {k: float(v) for k, v in trainer.test(built.module, datamodule=built.datamodule, verbose=False,
+                                                ckpt_path=cell / rec["best_checkpoint"])[0].items()}
+    assert one["test/samples"] == rec["metrics"]["test/samples"]
+    assert one == pytest.approx(rec["metrics"], rel=1e-6, abs=1e-7)
+    _report("record", {"job_s": round(seconds, 1), "two_tasks": rec["metrics"], "one_process": one,
+                       "global_steps": rec["global_steps"]})
+
+
+def test_scancel_checkpoints_at_the_signal_and_the_resubmission_resumes_bit_exactly(two_task_run, tmp_path):
+    env, full, _ = two_task_run
     runs = tmp_path / "runs"
-    env = dict(os.environ, SLURM_CONF=cluster, AAREN_RUNS=str(runs), AAREN_DATA=str(shared_data),
+    cell = runs / DDP_CELL
+    last = cell / "checkpoints" / "last.ckpt"
+    t0 = time.time()
+    first = _submit(env, runs)
+    deadline = time.time() + 400
+    while not (last.exists() and _job_id(cell)):  # the end of epoch 0 (written whole: atomic rename)
+        assert time.time() < deadline, "no checkpoint within 400 s"
+        assert first.poll() is None, f"the job ended before it could be cancelled:\n{first.stdout.read()}"
+        time.sleep(0.2)
+    epoch_end_step = int(_state_dict(cell, "last.ckpt")["global_step"])
+    time.sleep(2.0)  # into epoch 1
+    job = _job_id(cell)
+    subprocess.run(["scancel", job], env=env, check=True, timeout=30)
+    _wait_queue_empty(env, 120)
+    # the launcher notices a cancelled job only at its next poll of sacct (up to half the job's age later):
+    # its report is checked by the sweep below; here the job's own end, in SLURM's accounting
+    first.terminate()
+    first.communicate(timeout=60)
+    acct = _sacct(env, job)
+    assert all(state != "COMPLETED" for _, state, _ in acct), acct
+    assert any(state.startswith(("CANCELLED", "FAILED")) or code != "0:0" for _, state, code in acct), acct
+    assert not (cell / "result.json").exists(), "a cancelled run must not leave a record"
+
+    step = int(_state_dict(cell, "last.ckpt")["global_step"])
+    assert step > epoch_end_step and step % DDP_STEPS_PER_EPOCH, (
+        f"last.ckpt must be written at the signal (step {step}), not at an epoch end ({epoch_end_step})")
+    log = (cell / "train.log").read_text()
+    assert f"stopped by a signal at step {step}" in log, log[-3000:]
+
+    second = _submit(env, runs)  # the resubmission: resumes from last.ckpt
+    out2, _ = second.communicate(timeout=600)
+    assert second.returncode == 0, out2[-5000:]
+    assert f"resuming from {last} (step {step})" in (cell / "train.log").read_text()
+    rec, ref = (json.loads((c / "result.json").read_text()) for c in (cell, full))
+    assert rec["attempts"] == 2 and rec["global_steps"] == ref["global_steps"]
+    assert rec["metrics"] == ref["metrics"], "bit-exact: the same test metrics as the uninterrupted job"
+    for name in ("last.ckpt", "best.ckpt"):
+        mine, theirs = _state_dict(cell, name)["state_dict"], _state_dict(full, name)["state_dict"]
+        assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in theirs), name
+    _report("scancel", {"job": job, "sacct": acct, "epoch_end_step": epoch_end_step, "checkpoint_step": step,
+                        "steps_per_epoch": DDP_STEPS_PER_EPOCH, "final_steps": rec["global_steps"],
+                        "metrics": rec["metrics"], "seconds": round(time.time() - t0, 1)})
+
+
+def _report(name: str, figures: dict) -> None:
+    """Print the figures (``pytest -s``) and keep them in $AAREN_SLURM_TEST_OUT/<name>.json when set."""
+    print(f"\n{name}: " + json.dumps(figures, indent=1))
+    if os.environ.get("AAREN_SLURM_TEST_OUT"):
+        dst = Path(os.environ["AAREN_SLURM_TEST_OUT"])
+        dst.mkdir(parents=True, exist_ok=True)
+        (dst / f"{name}.json").write_text(json.dumps(figures, indent=1))
+
+
+
+def test_sweep_kill_resume_tables(cluster, tmp_path):
+    runs = tmp_path / "runs"
+    env = dict(os.environ, SLURM_CONF=cluster, AAREN_RUNS=str(runs),
                PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     t_start = time.time()
 
