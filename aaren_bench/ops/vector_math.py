@@ -13,7 +13,7 @@ mapped CPU index (mkl_vml_serv_cpu_detect in MKL 2024.2, as linked into torch 2.
 A second thread that makes its first VML call between those two stores reads the raw code
 as if it were the index. On a machine whose raw code is 9 (mapped to 5, the AVX-512 kernels),
 a high-accuracy call in that thread lands on row 9 + 6 = 15, the AVX2 *enhanced performance*
-kernel (about 11 correct bits, relative error up to 1.5e-4): once per process, on the first
+kernel (about 11 correct bits; a relative error of 1.5e-4 measured): once per process, on the first
 parallel VML call, and only if the second thread arrives inside that window. That is the
 fault of issue 23 (docs/benchmarks/determinism.md: the issue's 5.18e-5 is reproduced to the
 digit by that kernel on batch element 1 of the fast scan's block weights). Where the raw
@@ -21,8 +21,8 @@ code equals the mapped one (the AMD machine the benchmarks ran on: raw 0, index 
 is harmless, which is why the fault did not show there.
 
 :func:`init_vector_math` makes one VML call on one element in the calling thread (ATen does
-not split it), so the CPU type is detected before any parallel call can race for it; every
-VML function of the process shares that one detection. ``aaren_bench.ops`` calls it on
+not split it), so the CPU type is detected before any parallel call can race for it (the
+entry points checked, ``vmsExp``, ``vmsLn`` and ``vdExp``, all read that one cached detection). ``aaren_bench.ops`` calls it on
 import, before any op of this package can run. It does not change any result: the kernel it
 settles is the one every later call would pick anyway.
 """
