@@ -22,9 +22,11 @@ is harmless, which is why the fault did not show there.
 
 :func:`init_vector_math` makes one VML call on one element in the calling thread (ATen does
 not split it), so the CPU type is detected before any parallel call can race for it (the
-entry points checked, ``vmsExp``, ``vmsLn`` and ``vdExp``, all read that one cached detection). ``aaren_bench.ops`` calls it on
-import, before any op of this package can run. It does not change any result: the kernel it
-settles is the one every later call would pick anyway.
+entry points checked, ``vmsExp``, ``vmsLn`` and ``vdExp``, all read that one cached
+detection). ``aaren_bench.ops`` calls it on import, before any op of this package can run.
+It does not change any result: the kernel it settles is the one every later call would pick
+anyway. What it cannot cover: a parallel VML call that other code makes before this package
+is imported (that call alone is at risk; every later one is safe).
 """
 from __future__ import annotations
 
