@@ -68,7 +68,7 @@ def run(mode: str, repo: Path, raw: int, standin: int, timeout: int = 600) -> st
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, check=False)
     lines = [ln for ln in (done.stdout + done.stderr).splitlines()
              if ln.startswith(("RESULT", "INIT", "KERNEL", "FORCE", "Traceback", "Python Exception"))
-             or "Error" in ln]
+             or "Error" in ln or "ptrace" in ln.lower() or "not permitted" in ln]
     return "\n".join(lines)
 
 

@@ -68,6 +68,9 @@ def test_vector_math_detects_the_cpu_once_outside_any_parallel_region():
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()
     entries = [ln for ln in lines if ln.startswith("INIT")]
+    if not any(ln.startswith("RESULT") for ln in lines) and ("ptrace" in done.stdout.lower()
+                                                            or "not permitted" in done.stdout):
+        pytest.skip(f"gdb may not trace processes here: {done.stdout[-300:]}")
     assert any(ln.startswith("RESULT") for ln in lines), done.stdout + done.stderr[-2000:]
     if not entries:
         pytest.skip("this torch build has no mkl_vml_serv_GetDebugCpuType symbol to watch")
