@@ -1,5 +1,11 @@
 """Pure tensor math (no nn.Module): the attention prefix scan and its references."""
-from aaren_bench.ops.scan import (
+from aaren_bench.ops.vector_math import init_vector_math
+
+# first, before any op can run: MKL's vector math detects the CPU lazily and not thread-safely
+# (issue 23; aaren_bench/ops/vector_math.py)
+init_vector_math()
+
+from aaren_bench.ops.scan import (  # noqa: E402
     ScanState,
     init_state,
     scan,
@@ -11,6 +17,7 @@ from aaren_bench.ops.scan import (
 
 __all__ = [
     "ScanState",
+    "init_vector_math",
     "init_state",
     "scan",
     "scan_hillis_steele",
