@@ -139,22 +139,59 @@ def part_bf16(device: torch.device, steps: int = 3) -> list[dict]:
     return rows
 
 
-def part_compile(device: torch.device, steps: int = 5) -> list[dict]:
-    """Eager and compiled training steps of each backbone inside each task at its suite size."""
-    from aaren_bench.bench.tasksteps import probe
+def _graphs() -> tuple[int, int]:
+    """(graphs compiled, graph breaks) so far in this process (dynamo's counters)."""
+    from torch._dynamo.utils import counters
 
+    return counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
+
+
+def compile_pair(task: str, mixer: str, device: torch.device, rounds: int = 5, backend: str = "inductor") -> dict:
+    """Eager against compiled training steps of ``task`` with ``mixer`` at the suite size, in this process.
+
+    Two copies of the module (same seed, same batch): one eager, one with its backbone compiled
+    as ``model.compile=true`` compiles it. The compiled copy's first step (tracing, forward and
+    backward compilation, one step) is timed alone; then both take one more step (warm-up) and
+    ``rounds`` interleaved rounds of one eager and one compiled step each: their medians.
+    """
+    from aaren_bench.bench.tasksteps import probe, train_step
+
+    eager, compiled = probe(task, mixer, device=device), probe(task, mixer, device=device)
+    compiled.module.backbone.compile(backend=backend)
+    graphs0, breaks0 = _graphs()
+    sync(device)
+    t0 = time.perf_counter()
+    train_step(compiled)
+    sync(device)
+    first = time.perf_counter() - t0
+    graphs1, breaks1 = _graphs()
+    t = time_interleaved({"eager": lambda: train_step(eager), "compiled": lambda: train_step(compiled)}, rounds, device)
+    loss = train_step(compiled)
+    return {"task": task, "mixer": mixer, "eager_s": t["eager"]["median"], "compiled_s": t["compiled"]["median"],
+            "first_s": first, "graphs": graphs1 - graphs0, "breaks": breaks1 - breaks0,
+            "recompiles": _graphs()[0] - graphs1, "finite": bool(torch.isfinite(loss)), "rounds": rounds}
+
+
+def part_compile(device: torch.device, mixers=MIXERS, rounds: int = 5) -> list[dict]:
+    """Eager and compiled training steps of each backbone inside each task at its suite size, one
+    pair at a time (each pair's row is printed as soon as it is measured)."""
     rows = []
-    for task in COMPILE_TASKS:
-        for mixer in MIXERS:
-            eager_ms, _ = _probe_step_ms(probe(task, mixer, device=device), steps, device, amp=False)
-            p = probe(task, mixer, device=device)
-            p.module.backbone.compile()
-            torch._dynamo.reset()
-            t0 = time.perf_counter()
-            compiled_ms, finite = _probe_step_ms(p, steps, device, amp=False)
-            note = f"compiled {compiled_ms:.2f} ms (speed-up {eager_ms / compiled_ms:.2f}x), first step incl. compile " \
-                   f"{time.perf_counter() - t0:.0f} s" + ("" if finite else ", NOT FINITE")
-            rows.append(_row("compile", f"{task}/{mixer} eager", round(eager_ms, 2), "ms/step", note))
+    # every backbone compiles nn.Module's one call wrapper: room for all of them in dynamo's cache
+    with torch._dynamo.config.patch(cache_size_limit=256, accumulated_cache_size_limit=1024):
+        for mixer in mixers:
+            for task in COMPILE_TASKS:
+                try:
+                    r = compile_pair(task, mixer, device, rounds)
+                except Exception as err:  # one pair's failure is a figure too; the others still run
+                    rows.append(_row("compile", f"{task}/{mixer}", "FAIL", "", f"{type(err).__name__}: {err}"[:300]))
+                    print(f"compile  {task}/{mixer}  FAIL {rows[-1]['note']}", flush=True)
+                    continue
+                note = (f"compiled {r['compiled_s']:.4f} s/step ({r['eager_s'] / r['compiled_s']:.2f}x eager's speed), "
+                        f"first compiled step {r['first_s']:.0f} s, {r['graphs']} graph(s) {r['breaks']} break(s), "
+                        f"{r['recompiles']} recompile(s), median of {r['rounds']}"
+                        + ("" if r["finite"] else ", NOT FINITE"))
+                rows.append(_row("compile", f"{task}/{mixer} eager", round(r["eager_s"], 4), "s/step", note))
+                print(f"compile  {task}/{mixer}  eager {r['eager_s']:.4f} s/step  {note}", flush=True)
     return rows
 
 
@@ -222,6 +259,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--parts", default=None,
                         help=f"comma-separated parts of {','.join(PARTS)} (default: all on CUDA, {','.join(CPU_PARTS)} "
                              f"on a CPU)")
+    parser.add_argument("--mixers", default=None,
+                        help=f"comma-separated backbones for the compile part (default: {','.join(MIXERS)})")
 
 
 def _table(rows: list[dict]) -> str:
@@ -242,6 +281,9 @@ def run(args) -> int:
             raise SystemExit(f"gpu-check: unknown part(s) {unknown}; choose from {', '.join(PARTS)}")
     else:
         parts = PARTS if cuda else CPU_PARTS
+    unknown = sorted(set((args.mixers or "").split(",")) - set(MIXERS) - {""}) if getattr(args, "mixers", None) else []
+    if unknown:
+        raise SystemExit(f"gpu-check: unknown backbone(s) {unknown} in --mixers; choose from {', '.join(MIXERS)}")
     if not cuda:
         print("gpu-check: no CUDA device here; running the CPU parts only "
               f"({', '.join(p for p in parts if p != 'tests')}): the GPU figures wait for a GPU")
@@ -249,7 +291,8 @@ def run(args) -> int:
     rows, t0 = [], time.perf_counter()
     for part in parts:
         t = time.perf_counter()
-        rows += globals()[f"part_{part}"](device)
+        mixers = {"mixers": args.mixers.split(",")} if part == "compile" and getattr(args, "mixers", None) else {}
+        rows += globals()[f"part_{part}"](device, **mixers)
         print(f"[{part}: {time.perf_counter() - t:.0f} s]", flush=True)
     rows.append(_row("total", "wall time", round(time.perf_counter() - t0, 1), "s", str(device)))
     print(_table(rows))
