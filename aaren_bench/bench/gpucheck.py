@@ -15,7 +15,9 @@ counts, the scan against a copy, the guard's cost, the kernels) and exits 0. One
 - ``ops``: aten operations per layer forward+backward at N = 64, 1024, 16384 (meta device);
 - ``bf16``: a few bf16-autocast training steps of every task and backbone: ms per step, finite;
 - ``compile``: eager and compiled (inductor) training-step time per backbone at the suite's
-  classify, forecast and events sizes (CPU: only when asked, compiling C++ takes minutes);
+  classify, forecast and events sizes, in one process: per pair the first compiled step alone
+  (the compilation), then interleaved eager and compiled steps; graphs, breaks, recompiles
+  (CPU: only when asked, compiling C++ takes minutes per pair; ``--mixers`` picks backbones);
 - ``scan``: the fast scan's forward and forward+backward at B16 N8192 D128 against a device copy
   of the same bytes (the memory floor);
 - ``guard``: the scan with its non-finite guard against the bare chunked scan (forward+backward);
