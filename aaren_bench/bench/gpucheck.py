@@ -157,9 +157,11 @@ def compile_pair(task: str, mixer: str, device: torch.device, rounds: int = 5, b
     ``rounds`` interleaved rounds of one eager and one compiled step each: their medians.
     """
     from aaren_bench.bench.tasksteps import probe, train_step
+    from aaren_bench.nn import Backbone
 
     eager, compiled = probe(task, mixer, device=device), probe(task, mixer, device=device)
-    compiled.module.backbone.compile(backend=backend)
+    backbone = next(m for m in compiled.module.modules() if isinstance(m, Backbone))  # wherever the task holds it
+    backbone.compile(backend=backend)
     graphs0, breaks0 = _graphs()
     sync(device)
     t0 = time.perf_counter()
