@@ -184,6 +184,9 @@ def part_compile(device: torch.device, mixers=MIXERS, rounds: int = 5) -> list[d
     with torch._dynamo.config.patch(cache_size_limit=256, accumulated_cache_size_limit=1024):
         for mixer in mixers:
             for task in COMPILE_TASKS:
+                # each pair compiles afresh, as a run does: otherwise the shapes of the pairs before it,
+                # seen by nn.Module's shared call wrapper, make dynamo mark sizes dynamic
+                torch._dynamo.reset()
                 try:
                     r = compile_pair(task, mixer, device, rounds)
                 except Exception as err:  # one pair's failure is a figure too; the others still run
