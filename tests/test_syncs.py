@@ -54,6 +54,7 @@ def test_optimizer_step_counts_are_host_reads():
 
 from aaren_bench.bench.tasksteps import MIXERS, TASK_DATASETS, sync_row  # noqa: E402
 
+
 @pytest.mark.parametrize("mixer", MIXERS)
 @pytest.mark.parametrize("task", list(TASK_DATASETS))
 def test_training_step_and_validation_batch_read_nothing(task, mixer, one_thread):

@@ -14,7 +14,7 @@ import torch
 
 from aaren_bench.bench.syncs import SyncCounter
 from tasks.events.data import EventSeqs, collate
-from tasks.events.likelihood import Mixture, MetricSums, add_sums, metric_sum_tensors, metric_sums, split_metrics
+from tasks.events.likelihood import MetricSums, Mixture, add_sums, metric_sum_tensors, metric_sums, split_metrics
 from tasks.events.metrics import EventMetrics
 
 
