@@ -303,7 +303,10 @@ def _kzl_map(sd: dict) -> dict:
     return {**out, "_from": used}
 
 
-def test_equivalence_kzl_dt():
+def test_equivalence_kzl_dt(monkeypatch):
+    # kzl's batches pad on the left; the suite's loader pads on the right and promises it to the
+    # backbone (tasks.rl.data.PADDING), which this batch would break: the mask is read in full here
+    monkeypatch.setattr("tasks.rl.model.PADDING", "any")
     fx = fixture("dt")
     model = _decision_model("dt", fx["sizes"])
     # GPT-2's initialisation inside the stack: the anchor's fresh weights and ours have the same spread

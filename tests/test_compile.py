@@ -39,6 +39,16 @@ def test_forward_with_mask_is_one_graph(mixer, one_thread):
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
 
 
+def test_right_padded_transformer_is_one_graph_without_a_mask():
+    """The promise of right padding takes the fused causal kernel, still in one graph."""
+    dynamo.reset()
+    x, mask = _inputs()
+    explained = dynamo.explain(_backbone("transformer"))(x, mask, padding="right")
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+    sdpa = [n for g in explained.graphs for n in g.graph.nodes if n.target is torch._C._nn.scaled_dot_product_attention]
+    assert sdpa and all(n.kwargs.get("is_causal") and n.kwargs.get("attn_mask") is None for n in sdpa), sdpa
+
+
 @pytest.mark.parametrize("mixer", MIXERS)
 def test_compiled_equals_eager_outputs_and_gradients(mixer, one_thread):
     dynamo.reset()

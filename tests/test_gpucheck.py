@@ -23,3 +23,21 @@ def test_gpu_check_on_cpu(tmp_path, capsys):
 def test_gpu_check_refuses_unknown_parts(tmp_path):
     with pytest.raises(SystemExit, match="unknown part"):
         main(["gpu-check", "--out", str(tmp_path), "--parts", "warp"])
+
+
+@pytest.mark.parametrize("task", ["classify", "events"])  # the backbone at module.backbone and module.model.backbone
+def test_compile_pair_times_both_and_counts_one_graph(task, one_thread):
+    """The compile part's measurement on one pair (aot_eager: no C++ compilation in CI; the
+    device check uses inductor)."""
+    from aaren_bench.bench.gpucheck import compile_pair
+
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(cache_size_limit=64):
+        r = compile_pair(task, "transformer", torch.device("cpu"), rounds=2, backend="aot_eager")
+    assert (r["graphs"], r["breaks"], r["recompiles"]) == (1, 0, 0), r
+    assert r["finite"] and r["eager_s"] > 0 and r["compiled_s"] > 0 and r["first_s"] > 0
+
+
+def test_gpu_check_refuses_unknown_mixers(tmp_path):
+    with pytest.raises(SystemExit, match="unknown backbone"):
+        main(["gpu-check", "--out", str(tmp_path), "--parts", "compile", "--mixers", "rnn"])

@@ -1,8 +1,8 @@
 """Device-to-host reads: the counter sees every kind of read, and the hot paths make none.
 
 A training step (forward, loss, backward, optimiser step) of every task with every backbone
-makes no read of a device value; a validation batch makes a small constant number (the
-metric accumulators). Counted on the CPU with a dispatch mode (aaren_bench.bench.syncs):
+makes no read of a device value, and neither does a validation batch (the metric states stay
+on the device until an epoch's end). Counted on the CPU with a dispatch mode (aaren_bench.bench.syncs):
 the same aten operations reach the dispatcher on a GPU, where each read stalls it.
 """
 from __future__ import annotations
@@ -54,16 +54,11 @@ def test_optimizer_step_counts_are_host_reads():
 
 from aaren_bench.bench.tasksteps import MIXERS, TASK_DATASETS, sync_row  # noqa: E402
 
-# reads per validation batch: the metric accumulators (classify's hit count, forecast's two error
-# sums, events' eight likelihood sums), the same for every backbone; torchmetrics states bring them to 0
-VAL_READS = {"classify": 1, "forecast": 2, "events": 8}
-
 
 @pytest.mark.parametrize("mixer", MIXERS)
 @pytest.mark.parametrize("task", list(TASK_DATASETS))
-def test_training_step_reads_nothing_and_validation_a_constant(task, mixer, one_thread):
+def test_training_step_and_validation_batch_read_nothing(task, mixer, one_thread):
     row = sync_row(task, mixer, batch=4)
     assert row["train_syncs"] == 0, row["train_where"]
-    if task in VAL_READS:
-        assert row["val_syncs"] <= VAL_READS[task], row["val_where"]
-        assert all(place.startswith("tasks/") for place in row["val_where"]), row["val_where"]
+    if task != "rl":  # RL validates by acting: one read per environment step (the action), by design
+        assert row["val_syncs"] == 0, row["val_where"]

@@ -10,12 +10,14 @@ counts, the scan against a copy, the guard's cost, the kernels) and exits 0. One
 
 - ``tests``: ``pytest -m gpu`` (CUDA only): passed / failed / skipped;
 - ``kernels``: which optional kernels (fla, mamba-ssm) import, and so would run with use_kernel;
-- ``syncs``: device-to-host reads per training step (must be 0) and per validation batch, per
-  task and backbone (aaren_bench.bench.syncs);
+- ``syncs``: device-to-host reads per training step and per validation batch (both must be 0),
+  per task and backbone (aaren_bench.bench.syncs);
 - ``ops``: aten operations per layer forward+backward at N = 64, 1024, 16384 (meta device);
 - ``bf16``: a few bf16-autocast training steps of every task and backbone: ms per step, finite;
 - ``compile``: eager and compiled (inductor) training-step time per backbone at the suite's
-  classify, forecast and events sizes (CPU: only when asked, compiling C++ takes minutes);
+  classify, forecast and events sizes, in one process: per pair the first compiled step alone
+  (the compilation), then interleaved eager and compiled steps; graphs, breaks, recompiles
+  (CPU: only when asked, compiling C++ takes minutes per pair; ``--mixers`` picks backbones);
 - ``scan``: the fast scan's forward and forward+backward at B16 N8192 D128 against a device copy
   of the same bytes (the memory floor);
 - ``guard``: the scan with its non-finite guard against the bare chunked scan (forward, forward+backward);
@@ -100,7 +102,7 @@ def part_syncs(device: torch.device) -> list[dict]:
                              "must be 0" if not r["train_syncs"] else f"READS: {r['train_where']}"))
             if "val_syncs" in r:
                 rows.append(_row("syncs", f"{task}/{mixer} val batch", r["val_syncs"], "reads",
-                                 ", ".join(sorted(r["val_where"]))))
+                                 "must be 0" if not r["val_syncs"] else f"READS: {r['val_where']}"))
     return rows
 
 
@@ -138,22 +140,64 @@ def part_bf16(device: torch.device, steps: int = 3) -> list[dict]:
     return rows
 
 
-def part_compile(device: torch.device, steps: int = 5) -> list[dict]:
-    """Eager and compiled training steps of each backbone inside each task at its suite size."""
-    from aaren_bench.bench.tasksteps import probe
+def _graphs() -> tuple[int, int]:
+    """(graphs compiled, graph breaks) so far in this process (dynamo's counters)."""
+    from torch._dynamo.utils import counters
 
+    return counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
+
+
+def compile_pair(task: str, mixer: str, device: torch.device, rounds: int = 5, backend: str = "inductor") -> dict:
+    """Eager against compiled training steps of ``task`` with ``mixer`` at the suite size, in this process.
+
+    Two copies of the module (same seed, same batch): one eager, one with its backbone compiled
+    as ``model.compile=true`` compiles it. The compiled copy's first step (tracing, forward and
+    backward compilation, one step) is timed alone; then both take one more step (warm-up) and
+    ``rounds`` interleaved rounds of one eager and one compiled step each: their medians.
+    """
+    from aaren_bench.bench.tasksteps import probe, train_step
+    from aaren_bench.nn import Backbone
+
+    eager, compiled = probe(task, mixer, device=device), probe(task, mixer, device=device)
+    backbone = next(m for m in compiled.module.modules() if isinstance(m, Backbone))  # wherever the task holds it
+    backbone.compile(backend=backend)
+    graphs0, breaks0 = _graphs()
+    sync(device)
+    t0 = time.perf_counter()
+    train_step(compiled)
+    sync(device)
+    first = time.perf_counter() - t0
+    graphs1, breaks1 = _graphs()
+    t = time_interleaved({"eager": lambda: train_step(eager), "compiled": lambda: train_step(compiled)}, rounds, device)
+    loss = train_step(compiled)
+    return {"task": task, "mixer": mixer, "eager_s": t["eager"]["median"], "compiled_s": t["compiled"]["median"],
+            "first_s": first, "graphs": graphs1 - graphs0, "breaks": breaks1 - breaks0,
+            "recompiles": _graphs()[0] - graphs1, "finite": bool(torch.isfinite(loss)), "rounds": rounds}
+
+
+def part_compile(device: torch.device, mixers=MIXERS, rounds: int = 5) -> list[dict]:
+    """Eager and compiled training steps of each backbone inside each task at its suite size, one
+    pair at a time (each pair's row is printed as soon as it is measured)."""
     rows = []
-    for task in COMPILE_TASKS:
-        for mixer in MIXERS:
-            eager_ms, _ = _probe_step_ms(probe(task, mixer, device=device), steps, device, amp=False)
-            p = probe(task, mixer, device=device)
-            p.module.backbone.compile()
-            torch._dynamo.reset()
-            t0 = time.perf_counter()
-            compiled_ms, finite = _probe_step_ms(p, steps, device, amp=False)
-            note = f"compiled {compiled_ms:.2f} ms (speed-up {eager_ms / compiled_ms:.2f}x), first step incl. compile " \
-                   f"{time.perf_counter() - t0:.0f} s" + ("" if finite else ", NOT FINITE")
-            rows.append(_row("compile", f"{task}/{mixer} eager", round(eager_ms, 2), "ms/step", note))
+    # every backbone compiles nn.Module's one call wrapper: room for all of them in dynamo's cache
+    with torch._dynamo.config.patch(cache_size_limit=256, accumulated_cache_size_limit=1024):
+        for mixer in mixers:
+            for task in COMPILE_TASKS:
+                # each pair compiles afresh, as a run does: otherwise the shapes of the pairs before it,
+                # seen by nn.Module's shared call wrapper, make dynamo mark sizes dynamic
+                torch._dynamo.reset()
+                try:
+                    r = compile_pair(task, mixer, device, rounds)
+                except Exception as err:  # one pair's failure is a figure too; the others still run
+                    rows.append(_row("compile", f"{task}/{mixer}", "FAIL", "", f"{type(err).__name__}: {err}"[:300]))
+                    print(f"compile  {task}/{mixer}  FAIL {rows[-1]['note']}", flush=True)
+                    continue
+                note = (f"compiled {r['compiled_s']:.4f} s/step ({r['eager_s'] / r['compiled_s']:.2f}x eager's speed), "
+                        f"first compiled step {r['first_s']:.0f} s, {r['graphs']} graph(s) {r['breaks']} break(s), "
+                        f"{r['recompiles']} recompile(s), median of {r['rounds']}"
+                        + ("" if r["finite"] else ", NOT FINITE"))
+                rows.append(_row("compile", f"{task}/{mixer} eager", round(r["eager_s"], 4), "s/step", note))
+                print(f"compile  {task}/{mixer}  eager {r['eager_s']:.4f} s/step  {note}", flush=True)
     return rows
 
 
@@ -205,6 +249,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--parts", default=None,
                         help=f"comma-separated parts of {','.join(PARTS)} (default: all on CUDA, {','.join(CPU_PARTS)} "
                              f"on a CPU)")
+    parser.add_argument("--mixers", default=None,
+                        help=f"comma-separated backbones for the compile part (default: {','.join(MIXERS)})")
 
 
 def _table(rows: list[dict]) -> str:
@@ -225,6 +271,9 @@ def run(args) -> int:
             raise SystemExit(f"gpu-check: unknown part(s) {unknown}; choose from {', '.join(PARTS)}")
     else:
         parts = PARTS if cuda else CPU_PARTS
+    unknown = sorted(set((args.mixers or "").split(",")) - set(MIXERS) - {""}) if getattr(args, "mixers", None) else []
+    if unknown:
+        raise SystemExit(f"gpu-check: unknown backbone(s) {unknown} in --mixers; choose from {', '.join(MIXERS)}")
     if not cuda:
         print("gpu-check: no CUDA device here; running the CPU parts only "
               f"({', '.join(p for p in parts if p != 'tests')}): the GPU figures wait for a GPU")
@@ -232,7 +281,8 @@ def run(args) -> int:
     rows, t0 = [], time.perf_counter()
     for part in parts:
         t = time.perf_counter()
-        rows += globals()[f"part_{part}"](device)
+        mixers = {"mixers": args.mixers.split(",")} if part == "compile" and getattr(args, "mixers", None) else {}
+        rows += globals()[f"part_{part}"](device, **mixers)
         print(f"[{part}: {time.perf_counter() - t:.0f} s]", flush=True)
     rows.append(_row("total", "wall time", round(time.perf_counter() - t0, 1), "s", str(device)))
     print(_table(rows))

@@ -88,6 +88,8 @@ def probe(task: str, mixer: str, device="cpu", batch: int = 16, length: int | No
     torch.manual_seed(seed)
     dm = _sizes(task, cfg)
     module = load_task(task).build_module(cfg, dm, build_backbone(cfg.model), optimizer_factory(cfg.task.optimizer))
+    if task == "events":  # setup sets the scale from the data; the synthetic batches are in unit time
+        module.model.set_time_scale(1.0)
     module = module.to(device).train()
     g = torch.Generator().manual_seed(seed)
     train_b = to_device(_batch(task, cfg, dm, batch, length, g), device)

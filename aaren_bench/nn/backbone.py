@@ -14,13 +14,14 @@ layer) that knows its size in bytes.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 
-from aaren_bench.nn.mixers import mixer_factory
+from aaren_bench.nn.mixers import check_padding, mixer_factory
 
 _ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
 # model-config keys the backbone itself takes; every other key is an option of the mixer
@@ -63,6 +64,8 @@ class Block(nn.Module):
         self.norm1, self.norm2 = nn.LayerNorm(d_model, eps=norm_eps), nn.LayerNorm(d_model, eps=norm_eps)
         self.drop1, self.drop2 = nn.Dropout(dropout), nn.Dropout(dropout)
         self.norm_first = norm_first
+        # a mixer that can use the mask's layout says so by taking ``padding`` (mixers.PADDINGS)
+        self.takes_padding = "padding" in inspect.signature(mixer.forward).parameters
 
     def _around(self, x: Tensor, mix) -> tuple[Tensor, Any]:
         """The block's shared arithmetic around a mixer call ``mix(h) -> (y, state)``."""
@@ -76,8 +79,11 @@ class Block(nn.Module):
             x = self.norm2(x + self.drop2(self.ff(x)))
         return x, state
 
-    def forward(self, x: Tensor, mask: Tensor | None = None, state=None, output_state: bool = False):
-        return self._around(x, lambda h: self.mixer(h, mask, state, output_state))
+    def forward(self, x: Tensor, mask: Tensor | None = None, state=None, output_state: bool = False,
+                padding: str = "any"):
+        check_padding(padding)
+        told = {"padding": padding} if self.takes_padding else {}
+        return self._around(x, lambda h: self.mixer(h, mask, state, output_state, **told))
 
     def step(self, x_t: Tensor, state, mask_t: Tensor | None = None):
         return self._around(x_t, lambda h: self.mixer.step(h, state, mask_t))
@@ -114,12 +120,19 @@ class Backbone(nn.Module):
         init_stack(self, init)
 
     def forward(self, x: Tensor, mask: Tensor | None = None, state: BackboneState | None = None,
-                output_state: bool = False) -> tuple[Tensor, BackboneState | None]:
+                output_state: bool = False, padding: str = "any") -> tuple[Tensor, BackboneState | None]:
         """x (B, N, D), mask (B, N) True at valid tokens -> (y (B, N, D), final state or None).
 
         ``state``: the state after an earlier prefix (from ``output_state`` or ``step``);
         y then continues it, as one forward over prefix + x would.
+        ``padding``: what the caller knows of the mask's layout, where the batch was made:
+        ``"right"`` promises that each row's valid tokens come first (a prefix), ``"any"``
+        promises nothing. The promise is never checked here (that would read the mask on the
+        host); with it a causal mixer may skip the mask, since no valid position sees a later
+        one (see :data:`aaren_bench.nn.mixers.PADDINGS`). Outputs at padded positions are then
+        unspecified (finite): read only the valid ones.
         """
+        check_padding(padding)
         if x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"backbone expects (batch, length, {self.d_model}); got {tuple(x.shape)}")
         if mask is not None and mask.shape != x.shape[:2]:
@@ -128,7 +141,7 @@ class Backbone(nn.Module):
         layers = self._layers(state)
         out = []
         for block, st in zip(self.blocks, layers):
-            x, st = block(x, mask, st, output_state)
+            x, st = block(x, mask, st, output_state, padding=padding)
             out.append(st)
         return self.final_norm(x), (BackboneState(out) if output_state else None)
 

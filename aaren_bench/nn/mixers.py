@@ -13,6 +13,14 @@ would; the final state comes back only if ``output_state`` (else None). A masked
 never changes a state and never influences a valid output. A state is a small object of
 tensors with ``.nbytes()``.
 
+A mixer whose ``forward`` also takes ``padding`` (:data:`PADDINGS`) is told what the maker of
+the batch knows of the mask's layout: ``"right"``: in every row the valid tokens come first,
+then padding only; ``"any"``: nothing. It may use the promise to skip work (the causal
+transformer keeps its fused kernel: under right padding no valid position sees a padded
+one); the outputs at valid positions are the same either way, those at padded positions may
+differ (finite). A mixer without the argument is never given it. The promise is never
+checked on the device tensor: reading the mask on the host would stall a GPU.
+
 At position k the output is attention over the *valid* tokens at or before k (a position
 with no valid token at or before it outputs 0); only the transformer with
 ``causal=False`` looks ahead. Both mixers have the same projections (query, key, value,
@@ -36,6 +44,13 @@ from torch import Tensor, nn
 from aaren_bench.ops import ScanState, init_state, scan, scan_step
 
 MIXERS: dict[str, type[nn.Module]] = {}
+PADDINGS = ("any", "right")  # what a caller may promise about a mask's layout (module docstring)
+
+
+def check_padding(padding: str) -> None:
+    if padding not in PADDINGS:
+        raise ValueError(f"padding must be one of {PADDINGS} (\"right\": every row's valid tokens come first, "
+                         f"as a collate that pads at the end makes them; \"any\": no promise); got {padding!r}")
 
 
 def register_mixer(name: str):
@@ -204,7 +219,7 @@ class SelfAttention(_Projections):
                              f"it cannot stream, so it has no {what}; use forward without state, or model.causal=true")
 
     def forward(self, x: Tensor, mask: Tensor | None = None, state: KVCache | None = None,
-                output_state: bool = False) -> tuple[Tensor, KVCache | None]:
+                output_state: bool = False, padding: str = "any") -> tuple[Tensor, KVCache | None]:
         B, N, _ = x.shape
         q, k, v = (self.heads(p(x)) for p in (self.q_proj, self.k_proj, self.v_proj))  # (B, H, N, Dh)
         if not self.causal:
@@ -217,9 +232,10 @@ class SelfAttention(_Projections):
             k, v = torch.cat([k0.to(k.dtype), k], 2), torch.cat([v0.to(v.dtype), v], 2)  # (B, H, P + N, Dh)
             valid = torch.cat([valid0, valid], 1)  # (B, P + N)
         P = k.shape[2] - N  # tokens of history
-        # a mask, even one without padding, takes the masked path: telling the two apart would read
-        # the mask on the host, a stall per layer on a GPU
-        if P == 0 and mask is None:  # no history, no mask: the fused causal path
+        # the fused causal path needs no history and either no mask or one padded on the right
+        # (a valid query sees only earlier tokens, all valid; padded queries' outputs are unspecified).
+        # Any other mask takes the masked path: telling them apart would read the mask on the host
+        if P == 0 and (mask is None or padding == "right"):
             o = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self._p())
         else:
             # query i (absolute position P + i) sees keys j <= P + i that are valid

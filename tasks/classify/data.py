@@ -114,6 +114,10 @@ def _interpolate(arr: np.ndarray, where: str = "a series") -> np.ndarray:
     return out
 
 
+# every batch's mask is padded on the right (``pad``): the promise the model passes to its backbone
+PADDING = "right"
+
+
 def pad(values: list[np.ndarray], max_len: int) -> tuple[np.ndarray, np.ndarray]:
     """Right-pad to ``max_len``: x (n, max_len, channels) with zeros, mask (n, max_len) True = real."""
     n, C = len(values), values[0].shape[1]

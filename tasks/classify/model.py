@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from aaren_bench.nn.embed import sinusoidal
+from tasks.classify.data import PADDING
 
 READOUTS = ("flatten", "last", "mean")
 EMBEDS = ("causal_conv", "circular", "linear")
@@ -77,7 +78,7 @@ class SeriesClassifier(nn.Module):
             raise ValueError(f"expected series (batch, length, {self.n_channels}); got {tuple(x.shape)}")
         B, N, _ = x.shape
         h = self.embed_drop(self.embed(x))  # (B, N, D)
-        h, _ = self.backbone(h, mask if self.mask_padding else None)  # (B, N, D)
+        h, _ = self.backbone(h, mask if self.mask_padding else None, padding=PADDING)  # (B, N, D)
         h = self.final_norm(h)
         m = mask[..., None].to(h.dtype)
         if self.readout == "flatten":

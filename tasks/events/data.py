@@ -231,6 +231,10 @@ def split_sequences(seqs: EventSeqs, split) -> dict[str, EventSeqs]:
     }
 
 
+# ``collate`` pads every sequence on the right: the promise the model passes to its backbone
+PADDING = "right"
+
+
 def collate(seqs: EventSeqs, idx) -> dict[str, torch.Tensor]:
     """Pad sequences ``idx`` into one batch (N = the longest of them).
 

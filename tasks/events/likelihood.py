@@ -56,6 +56,7 @@ __all__ = [
     "lognormal_mixture_mean",
     "end_mark_ll",
     "sequence_scores",
+    "metric_sum_tensors",
     "metric_sums",
     "split_metrics",
 ]
@@ -156,7 +157,8 @@ def end_mark_ll(mark_logits: Tensor | None, batch: dict) -> Tensor:
 
 
 class MetricSums(NamedTuple):
-    """Sums over a batch, to be added up over a whole split before dividing (``add_sums``, ``split_metrics``)."""
+    """Sums over a batch, to be added up over a whole split before dividing (``add_sums``, ``split_metrics``).
+    Python numbers from ``metric_sums``, 0-dim device tensors from ``metric_sum_tensors``."""
 
     nll: float  # -(time_ll + mark_ll + surv_ll)
     nll_time: float  # -(time_ll + surv_ll)
@@ -176,8 +178,10 @@ def add_sums(a: MetricSums, b: MetricSums) -> MetricSums:
     return MetricSums(*(x + y for x, y in zip(a, b)))
 
 
-def metric_sums(mix: Mixture, mark_logits: Tensor | None, batch: dict) -> MetricSums:
-    """Exact per-batch sums for NLL, RMSE and accuracy, ours and Meta TPP's (see the module docstring)."""
+def metric_sum_tensors(mix: Mixture, mark_logits: Tensor | None, batch: dict) -> MetricSums:
+    """The per-batch sums of :func:`metric_sums` as 0-dim tensors on the batch's device (float64
+    for the likelihoods and errors, int64 for the counts): nothing is read on the host, so a
+    validation batch does not stall a GPU (``metrics.EventMetrics`` adds them up on the device)."""
     sc = sequence_scores(mix, mark_logits, batch)
     dts, mask = batch["dts"], batch["mask"]
     tgt_valid = mask[:, 1:]
@@ -189,13 +193,13 @@ def metric_sums(mix: Mixture, mark_logits: Tensor | None, batch: dict) -> Metric
 
     mean = lognormal_mixture_mean(mix)  # (B, N): the expected next gap after each event
     err = torch.where(tgt_valid, f64(mean[:, :-1]) - f64(dts[:, 1:]), zero(mean[:, :-1]))  # (B, N-1)
-    correct = correct_mt = 0
+    correct = correct_mt = torch.zeros((), dtype=torch.long, device=mask.device)
     if mark_logits is not None:
         pred_mark = mark_logits.argmax(-1)  # (B, N)
         hit = (pred_mark[:, :-1] == batch["marks"][:, 1:]) & tgt_valid
-        correct = int(hit.sum())
+        correct = hit.sum()
         end_mark = batch.get("end_mark", torch.full((B,), -1, dtype=torch.long, device=mask.device))
-        correct_mt = correct + int((pred_mark[ar, last] == end_mark).sum())
+        correct_mt = correct + (pred_mark[ar, last] == end_mark).sum()
 
     # Meta TPP: the same terms at tau + 1e-12, its clamped survival; errors summed per sequence, then squared
     head = Mixture(*(p[:, :-1] for p in mix))
@@ -207,21 +211,27 @@ def metric_sums(mix: Mixture, mark_logits: Tensor | None, batch: dict) -> Metric
     err_mt = torch.where(tgt_valid, yhat[:, :-1] - f64(dts[:, 1:]), zero(mean[:, :-1])).sum(-1)  # (B,)
     err_mt = err_mt + yhat[ar, last] - f64(batch["last_gap"])  # the window-end entry
 
-    n_ev = int(sc.n_scored.sum())
-    n_seq_events = int(mask.sum())
+    n_seq_events = mask.sum()
     return MetricSums(
-        nll=-float((sc.time_ll + sc.mark_ll + sc.surv_ll).double().sum()),
-        nll_time=-float((sc.time_ll + sc.surv_ll).double().sum()),
-        nll_mark=-float(sc.mark_ll.double().sum()),
-        n_events=n_ev,
-        sq_err=float((err**2).sum()),
+        nll=-(sc.time_ll + sc.mark_ll + sc.surv_ll).double().sum(),
+        nll_time=-(sc.time_ll + sc.surv_ll).double().sum(),
+        nll_mark=-sc.mark_ll.double().sum(),
+        n_events=sc.n_scored.sum(),
+        sq_err=(err**2).sum(),
         correct=correct,
-        nll_metatpp=-float((time_mt + sc.mark_ll + end_mark_ll(mark_logits, batch) + surv_mt).double().sum()),
+        nll_metatpp=-(time_mt + sc.mark_ll + end_mark_ll(mark_logits, batch) + surv_mt).double().sum(),
         n_entries=n_seq_events + B,
-        sq_seq=float((err_mt**2).sum()),
+        sq_seq=(err_mt**2).sum(),
         n_targets=n_seq_events,
         correct_metatpp=correct_mt,
     )
+
+
+def metric_sums(mix: Mixture, mark_logits: Tensor | None, batch: dict) -> MetricSums:
+    """Exact per-batch sums for NLL, RMSE and accuracy, ours and Meta TPP's (see the module docstring),
+    as Python numbers (read from the device: for a validation loop use :func:`metric_sum_tensors`)."""
+    sums = metric_sum_tensors(mix, mark_logits, batch)
+    return MetricSums(*(int(v) if not v.is_floating_point() else float(v) for v in sums))
 
 
 def split_metrics(s: MetricSums, marked: bool) -> dict[str, float]:

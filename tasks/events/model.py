@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from aaren_bench.nn.backbone import BackboneState
 from aaren_bench.nn.embed import sinusoidal
+from tasks.events.data import PADDING
 from tasks.events.likelihood import Mixture
 
 TIME_ENCODINGS = ("absolute", "absolute+log_dt", "gap")
@@ -112,10 +113,10 @@ class EventModel(nn.Module):
         x, enc = self._inputs(batch["times"], batch["dts"], batch["marks"])  # (B, N, D)
         mask = batch["mask"]
         if enc is None:
-            h, _ = self.backbone(x, mask)  # (B, N, D), causal
+            h, _ = self.backbone(x, mask, padding=PADDING)  # (B, N, D), causal
         else:
             for i, block in enumerate(self.backbone.blocks):
-                x, _ = block(x if i == 0 else x + enc, mask)
+                x, _ = block(x if i == 0 else x + enc, mask, padding=PADDING)
             h = self.backbone.final_norm(x)
         return self.heads(h)
 

@@ -15,7 +15,9 @@ def forecast_metrics() -> nn.ModuleDict:
     """{"mse", "mae", "samples"} for one split; update ``mse``/``mae`` with (pred, target), ``samples`` with a count."""
     from torchmetrics import MeanAbsoluteError, MeanSquaredError, SumMetric
 
-    metrics = nn.ModuleDict({"mse": MeanSquaredError(), "mae": MeanAbsoluteError(), "samples": SumMetric()})
+    # no NaN filtering on the window count (a count is never NaN): the filter reads the device every batch
+    metrics = nn.ModuleDict({"mse": MeanSquaredError(), "mae": MeanAbsoluteError(),
+                             "samples": SumMetric(nan_strategy="disable")})
     for name in ("mse", "mae"):
         metrics[name].set_dtype(torch.float64)  # float64 sums over millions of elements
     return metrics

@@ -104,6 +104,10 @@ class WindowSampler(Sampler):
         return self.n
 
 
+# ``WindowDataset`` pads a short window on the right: the promise the model passes to its backbone
+PADDING = "right"
+
+
 class WindowDataset(Dataset):
     """Index (trajectory, start) -> one padded window of K steps (tensors)."""
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from tasks.rl.data import PADDING
+
 
 def interleave(r: Tensor, s: Tensor, a: Tensor) -> Tensor:
     """(B, T, D) x3 -> (B, 3T, D) ordered R_0, s_0, a_0, R_1, ..."""
@@ -78,7 +80,8 @@ class DecisionModel(nn.Module):
             self.embed("action", actions, timesteps),
         )  # (B, 3T, D)
         token_mask = None if mask is None else mask.repeat_interleave(3, dim=1)  # (B, 3T)
-        h, _ = self.backbone(self.embed_drop(tokens), token_mask)  # (B, 3T, D)
+        # right padding by timestep stays right padding by token
+        h, _ = self.backbone(self.embed_drop(tokens), token_mask, padding=PADDING)  # (B, 3T, D)
         return self.head(h[:, 1::3])  # outputs at the state tokens -> (B, T, A)
 
     # -- streaming: one token at a time ------------------------------------------------
