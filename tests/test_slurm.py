@@ -122,6 +122,7 @@ def _sweep(env) -> subprocess.Popen:
 # --- one run on 2 SLURM tasks: one record; scancel, a checkpoint at the signal, a bit-exact resume ---------
 DDP_BATCH, DDP_TRAIN = 4, 216  # JapaneseVowels: 216 training series after the validation holdout
 DDP_STEPS_PER_EPOCH = -(-DDP_TRAIN // DDP_BATCH)
+DDP_EPOCHS = 5  # room for the cancel to land inside training however fast the machine is
 DDP_CELL = Path("classify/JapaneseVowels/suite+slurm-ddp/aaren/seed0")
 DDP = [
     "dataset=JapaneseVowels", "model=aaren", "seed=0",
@@ -130,7 +131,7 @@ DDP = [
     "hydra.launcher.timeout_min=10",
     "trainer.accelerator=cpu", "trainer.devices=2",  # Lightning's SLURM environment, DDP over gloo
     f"task.batch_size={DDP_BATCH}",  # the global batch: 2 series per process per step
-    "trainer.max_epochs=2", "task.patience=0", "checkpoint_every_min=null",
+    f"trainer.max_epochs={DDP_EPOCHS}", "task.patience=0", "checkpoint_every_min=null",
     "task.backbone.d_model=16", "task.backbone.n_layers=1", "task.backbone.n_heads=2", "task.backbone.d_ff=32",
     "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "logger=csv",
 ]
@@ -185,7 +186,7 @@ def test_two_tasks_write_one_record_equal_to_one_process(two_task_run):
     rec = json.loads((cell / "result.json").read_text())
     assert rec["world_size"] == 2 and rec["device"] == "cpu"
     assert rec["metrics"]["test/samples"] == 370  # JapaneseVowels' whole test set, every series once
-    assert rec["global_steps"] == 2 * DDP_STEPS_PER_EPOCH  # the global batch: the steps of one process
+    assert rec["global_steps"] == DDP_EPOCHS * DDP_STEPS_PER_EPOCH  # the global batch: the steps of one process
     log = (cell / "train.log").read_text()
     assert log.count("parameters: ") == 1, "the other task must not write the cell's log"
     # one process, the recorded best weights, the whole test set: the numbers of the 2-task record
@@ -215,7 +216,7 @@ def test_scancel_checkpoints_at_the_signal_and_the_resubmission_resumes_bit_exac
         assert first.poll() is None, f"the job ended before it could be cancelled:\n{first.stdout.read()}"
         time.sleep(0.2)
     epoch_end_step = int(_state_dict(cell, "last.ckpt")["global_step"])
-    time.sleep(2.0)  # into epoch 1
+    time.sleep(1.0)  # into epoch 1 (or a later one on a fast machine; never past the last)
     job = _job_id(cell)
     subprocess.run(["scancel", job], env=env, check=True, timeout=30)
     _wait_queue_empty(env, 120)
@@ -229,9 +230,8 @@ def test_scancel_checkpoints_at_the_signal_and_the_resubmission_resumes_bit_exac
     assert not (cell / "result.json").exists(), "a cancelled run must not leave a record"
 
     step = int(_state_dict(cell, "last.ckpt")["global_step"])
-    assert step > epoch_end_step and step % DDP_STEPS_PER_EPOCH, (
-        f"last.ckpt must be written at the signal (step {step}), not at an epoch end ({epoch_end_step})")
-    log = (cell / "train.log").read_text()
+    assert step > epoch_end_step, f"last.ckpt must be written at the signal, after the epoch end {epoch_end_step}"
+    log = (cell / "train.log").read_text()  # the checkpoint is the signal's (it may fall on an epoch's last batch)
     assert f"stopped by a signal at step {step}" in log, log[-3000:]
 
     second = _submit(env, runs)  # the resubmission: resumes from last.ckpt
