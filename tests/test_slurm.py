@@ -47,6 +47,9 @@ SWEEP = [
     "hydra.launcher.timeout_min=15",
     f"trainer.max_epochs={EPOCHS}",
     "task.patience=0",  # no early stopping: every run trains EPOCHS epochs
+    # 108 steps an epoch: a job trains for seconds after its first checkpoint even on an idle machine,
+    # so the cancel below lands inside training (at batch 16 a job's 8 epochs took 1.3 s)
+    "task.batch_size=2",
     "task.backbone.d_model=16",
     "task.backbone.n_layers=1",
     "task.backbone.n_heads=2",
@@ -275,9 +278,7 @@ def test_sweep_kill_resume_tables(cluster, tmp_path):
         for c in _cells(runs):
             last = c / "checkpoints" / "last.ckpt"
             if last.exists() and not (c / "result.json").exists() and (job := _job_id(c)):
-                time.sleep(1.0)  # let the checkpoint write finish
-                if (c / "result.json").exists():
-                    continue
+                # last.ckpt is written whole (an atomic rename): no wait for its write
                 subprocess.run(["scancel", job], env=env, check=True, timeout=30)
                 victim, victim_job = c, job
                 break
