@@ -5,7 +5,7 @@
   (one ``result.json``, no ``failed.json``, one log) whose test metrics equal a 1-process test of
   the recorded best weights over the whole test set, with all 370 test series counted.
 - **scancel of that job** while it trains leaves ``last.ckpt`` at the step reached at the signal
-  (not an epoch end), the job ends non-zero in SLURM's accounting, and the resubmitted job
+  (past the first epoch's end; the log names that step), the job ends non-zero in SLURM's accounting, and the resubmitted job
   resumes from it and ends bit for bit as the uninterrupted job (weights and test metrics).
 - **A sweep** (1 dataset x 2 backbones x 2 seeds, one task per job): one job is cancelled after
   its first checkpoint, the sweep is resubmitted, the cancelled cell resumes from ``last.ckpt``
@@ -234,7 +234,8 @@ def test_scancel_checkpoints_at_the_signal_and_the_resubmission_resumes_bit_exac
 
     step = int(_state_dict(cell, "last.ckpt")["global_step"])
     assert step > epoch_end_step, f"last.ckpt must be written at the signal, after the epoch end {epoch_end_step}"
-    log = (cell / "train.log").read_text()  # the checkpoint is the signal's (it may fall on an epoch's last batch)
+    # the signal's step, named in the log (a signal at an epoch's last batch keeps that epoch's checkpoint, of the same step)
+    log = (cell / "train.log").read_text()
     assert f"stopped by a signal at step {step}" in log, log[-3000:]
 
     second = _submit(env, runs)  # the resubmission: resumes from last.ckpt
