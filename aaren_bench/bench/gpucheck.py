@@ -231,7 +231,8 @@ def part_guard(device: torch.device) -> list[dict]:
 
     return [_row("guard", f"{r['size']} {r['layout']} {r['pass_']}", r["paired"], "x bare",
                  f"median of interleaved rounds; min/min {r['ratio']}x (guard {r['guard_ms']} ms, bare {r['bare_ms']} ms); aten ops "
-                 f"{r['ops_guard']} vs {r['ops_bare']}") for r in run_guard(device, rounds=7)]
+                 f"{r['ops_guard']} vs {r['ops_bare']}; page faults per call {r['faults_guard']} vs {r['faults_bare']}")
+            for r in run_guard(device, rounds=7)]
 
 
 def part_streaming(device: torch.device) -> list[dict]:

@@ -31,19 +31,28 @@ bounded. Only s, v, o and the per-position (m, lam) are kept for backward; nothi
 size N x N, and the C x C block matrix is recomputed.
 
 Why a non-finite input cannot leak backwards in time. The caller
-(:func:`aaren_bench.ops.scan.scan`) hands over clean input: scores finite or -inf,
-values finite (bad tokens taken out by selection; it writes NaN over their tail
-afterwards). On such input every number formed here is finite or -inf, and -inf only
-meets exp (giving an exact 0), max and logaddexp, never inf - inf or 0 * inf. Output k is
-then a function of the tokens <= k alone, in every bit: the entries above the diagonal of
-W are removed by ``tril_`` (a selection, whatever exp gave there), so a later token only
+(:func:`aaren_bench.ops.scan.scan`) hands over values that are finite (non-finite ones
+zeroed by selection) and scores that are finite, -inf (a token that takes no part) or NaN
+(a bad token, in :class:`aaren_bench.ops.scan._GuardedScan`; :class:`ChunkedScan` gets no
+NaN). With finite and -inf scores every number formed here is finite or -inf, and -inf
+only meets exp (giving an exact 0), max and logaddexp, never inf - inf or 0 * inf. Output
+k is then a function of the tokens <= k alone, in every bit: the entries above the diagonal
+of W are removed by ``tril_`` (a selection, whatever exp gave there), so a later token only
 ever enters as an exact 0 times a finite value, in P @ v and, one level up, in the
 summaries' products, which cannot change a nonzero sum; the running max and the
-log-sums are prefix operations. Backward mirrors this: with a zero upstream gradient
+log-sums are prefix operations. A NaN score at token i makes NaN exactly the outputs, m and
+lam at and after i: the running max (``cummax``, ``maximum``) and every log-sum carry NaN
+forward from i and never back; column i of W is NaN, but above the diagonal ``tril_``
+removes it, so rows before i keep every bit; the block summary of i's block is scored NaN
+and its value, the softmax average of a row of NaN weights, is taken as 0 (``nan_to_num``
+of those weights, which for a clean block only turns the 0/0 of an empty block into 0, as
+before), so one level up the same holds: NaN from that summary on, a finite value
+everywhere, nothing earlier changed. Backward mirrors this: with a zero upstream gradient
 from position p on (a loss that reads only outputs before p), rows k >= p add exact zeros
 inside their blocks, and a later block whose [S, sigma] is all zero is taken out of the
 suffix scan (score -inf) instead of sharing its normalisation, so the gradients before
-p do not depend on the scores after p either, not even in the last bit.
+p do not depend on the scores after p either, not even in the last bit. Rows marked
+``dead`` (a spoiled tail, with NaN o, m and lam) get weight 0 and delta 0 there.
 
 ``lam`` is an output too (continuing a scan from an earlier state needs each position's
 log-sum-exp). Its gradient is taken with m held fixed: d(m_k + lam_k)/ds_i = p_ki, so an
@@ -145,8 +154,9 @@ def scan_core(s: Tensor, v: Tensor, chunk: int, lo: Tensor | None = None) -> tup
 
     # 2. what each block inherits: the same scan over one summary token per block
     if J > 1:
-        den_last = den_loc[..., -1:]
-        last = W[..., -1:, :] / torch.where(den_last > 0, den_last, 1.0)[..., None]
+        # 0/0 (an empty block) and NaN (a block with a NaN score) give weight 0: the summary's
+        # value stays finite, and its score (NaN) carries the spoiling up
+        last = torch.nan_to_num(W[..., -1:, :] / den_loc[..., -1:, None], nan=0.0)
         tok_v = (last @ vb).squeeze(-2)  # (B, H, J, D): each block's softmax average
         tok_lo = _replace_inf(lam_loc[..., -1], neg=0.0).contiguous()
         o_blk, m_blk, lam_blk = scan_core(m_loc[..., -1].contiguous(), tok_v, chunk, tok_lo)
@@ -179,8 +189,9 @@ def scan_core_backward(
     dlam: Tensor | None = None, dead: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Gradients (ds (B, H, N), dv (B, H, N, D)) of ``scan_core``'s o (and lam, m held
-    fixed) for upstream do (and dlam). ``dead`` (B, H, N), optional: rows with do = 0 whose o
-    may be NaN (a spoiled tail, see :class:`aaren_bench.ops.scan._GuardedScan`); their delta is 0."""
+    fixed) for upstream do (and dlam). ``dead`` (B, H, N), optional: rows with do = 0 whose o,
+    m and lam may be NaN (a spoiled tail, see :class:`aaren_bench.ops.scan._GuardedScan`); their
+    delta is 0 and their weights are 0 (m taken as +inf)."""
     B, H, N, D = v.shape
     C = min(max(chunk, 2), N)
     J = -(-N // C)
@@ -188,11 +199,12 @@ def scan_core_backward(
     if dlam is not None:
         delta = delta - dlam
     if dead is not None:
-        delta = delta.masked_fill(dead, 0.0)
+        delta = torch.where(dead, 0.0, delta)  # a selection (NaN there); where is half masked_fill's time on the CPU
     sb = _pad_to(s, J * C, -1, NEG_INF).view(B, H, J, C)
-    # an empty prefix gets m = +inf, lam = 0: every weight of its row is exp(-inf) = 0
-    m_ref = _replace_inf(_pad_to(m, J * C, -1, NEG_INF), neg=POS_INF).view(B, H, J, C)
-    lam_ref = _replace_inf(_pad_to(lam, J * C, -1, NEG_INF), neg=0.0).view(B, H, J, C)
+    # an empty prefix gets m = +inf, lam = 0: every weight of its row is exp(-inf) = 0; so
+    # does a dead row (m and lam NaN)
+    m_ref = torch.nan_to_num(_pad_to(m, J * C, -1, NEG_INF), nan=POS_INF, neginf=POS_INF).view(B, H, J, C)
+    lam_ref = torch.nan_to_num(_pad_to(lam, J * C, -1, NEG_INF), nan=0.0, neginf=0.0).view(B, H, J, C)
     dob = _pad_to(do, J * C, -2, 0.0).view(B, H, J, C, D)
     deltab = _pad_to(delta, J * C, -1, 0.0).view(B, H, J, C)
 

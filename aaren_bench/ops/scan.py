@@ -33,23 +33,26 @@ gradients are exactly 0. Any other token is *bad* when its score is NaN or +inf 
 of its values is not finite. The outputs at and after a bad token (per batch row and
 head) are NaN, and so is the state after it (a NaN initial state spoils every output
 of the scan that continues it); nothing before it changes. Every
-implementation first cleans its input by selection, never by multiplying with a zero
-weight (bad tokens get score -inf like masked ones, non-finite values become 0), computes
-on finite numbers only, and then writes NaN over the spoiled tail. So the outputs before
-the first bad token are the clean prefix's, bit for bit, and no NaN ever meets a zero
-weight. Backward: a zero upstream gradient at a spoiled output passes nothing, so a loss
-that ignores those outputs gets exactly the clean prefix's gradients; any other upstream
-gradient there is charged, as NaN, to the score and value of the bad tokens of that row
-and to nothing else (masked tokens keep gradient 0), so an optimizer step on a NaN loss is
-poisoned as visibly as the loss. (:func:`scan` tests "other" by a 2-norm per position: a
-gradient vector there with no entry as large as 2^-74, about 5e-23, counts as 0.)
+implementation first cleans the values by selection, never by multiplying with a zero
+weight (non-finite values become 0: they belong to tokens whose weight is 0), and computes
+on finite values only. The references and the state paths score bad tokens -inf like
+masked ones and write NaN over the spoiled tail afterwards; the fast scan scores them NaN,
+which its core turns into exactly that tail (:mod:`aaren_bench.ops.chunked` says why
+nothing before it changes). So the outputs before the first bad token are the clean
+prefix's, bit for bit, and no NaN ever meets a zero weight. Backward: a zero upstream
+gradient (of either sign) at a spoiled output passes nothing, so a loss that ignores those
+outputs gets exactly the clean prefix's gradients; any other upstream gradient there, down
+to the smallest subnormal, is charged, as NaN, to the score and value of the bad tokens of
+that row and to nothing else (masked tokens keep gradient 0), so an optimizer step on a NaN
+loss is poisoned as visibly as the loss.
 
 All of this happens on the device, on every device, by selection: no host read (on a GPU a
 read is a sync and a compiled graph's break), and the same path for clean and bad input.
 The references and the scan's state paths clean with :func:`_clean` and spoil with
 :class:`_Spoil`; the fast scan without a state folds the same guard into one Function around
-the chunked core (:class:`_GuardedScan`), whose cost on clean input is five full-size passes
-and about 22 small kernels (measured in docs/BENCHMARKS.md, section 4).
+the chunked core (:class:`_GuardedScan`), whose cost on clean input is two reads, the copies
+the bare scan makes of a layer's transposed inputs, and about 20 small kernels (measured in
+docs/BENCHMARKS.md, section 4).
 
 Mixed precision. Every function turns autocast off inside and computes in float32
 (float64 stays float64) whatever the input dtype or autocast region, as autocast itself
@@ -172,9 +175,9 @@ def _scaled_sums(v: Tensor) -> Tensor:
     """(..., D) -> (...): each float32 row's sum times 2^-32, in one matrix-vector product that
     reads v in place (its leading dims taken in memory order: a layer's v is a transposed view,
     which matmul would otherwise copy)."""
-    order = sorted(range(v.dim() - 1), key=lambda i: -v.stride(i))
-    if order == list(range(v.dim() - 1)):
+    if v.is_contiguous():
         return v @ v.new_full((v.shape[-1],), 2.0**-32)
+    order = sorted(range(v.dim() - 1), key=lambda i: -v.stride(i))
     sums = v.permute(*order, v.dim() - 1) @ v.new_full((v.shape[-1],), 2.0**-32)
     return sums.permute(*sorted(range(len(order)), key=order.__getitem__))
 
@@ -195,23 +198,30 @@ def _finite_rows(v: Tensor) -> Tensor:
     return torch.isfinite(_scaled_sums(v))
 
 
-def _finite_tokens(s: Tensor, v: Tensor) -> Tensor:
-    """(B, H, N): score and every value finite. float32: one test of s * 2^-32 added to the
-    scaled row sums (:func:`_finite_rows`; the total stays below 2^121, so only NaN or inf in
-    s or v makes it non-finite)."""
+def _token_total(s: Tensor, v: Tensor) -> Tensor:
+    """(B, H, N): a number per token that is finite exactly when its score and every one of its
+    values are. float32: s * 2^-32 plus the scaled row sum (:func:`_scaled_sums`; the total
+    stays below 2^121, so only NaN or inf in s or v makes it non-finite), one product and one
+    add. float64: 0 or NaN, tested value by value."""
     if v.dtype == torch.float64 or not v.shape[-1]:
-        return torch.isfinite(s) & _finite_rows(v)
-    total = torch.add(_scaled_sums(v), s, alpha=2.0**-32)
-    return (total - total) == 0  # x - x is 0 for finite x, NaN for inf or NaN: two kernels, isfinite takes four
+        return torch.zeros_like(s).masked_fill_(~(torch.isfinite(s) & _finite_rows(v)), NAN)
+    if v.is_contiguous() and s.is_contiguous():  # the product and the add in one call
+        ones = v.new_full((v.shape[-1],), 2.0**-32)
+        return torch.addmv(s.view(-1), v.view(-1, v.shape[-1]), ones, beta=2.0**-32).view(s.shape)
+    return torch.add(_scaled_sums(v), s, alpha=2.0**-32)
+
+
+def _mask_scores(s: Tensor, mask: Tensor | None) -> Tensor:
+    """s with -inf at the tokens ``mask`` (B, N) or (B, H, N) leaves out."""
+    if mask is None:
+        return s
+    mask = mask.bool()
+    return s.masked_fill(~(mask[:, None, :] if mask.dim() == 2 else mask), NEG_INF)
 
 
 def _out_tokens(s: Tensor, mask: Tensor | None) -> Tensor:
     """(B, H, N): the tokens that take no part, masked or scored -inf."""
-    out = torch.isneginf(s)
-    if mask is None:
-        return out
-    mask = mask.bool()
-    return out | ~(mask[:, None, :] if mask.dim() == 2 else mask)
+    return torch.isneginf(_mask_scores(s, mask))
 
 
 class _Clean(NamedTuple):
@@ -446,83 +456,79 @@ def scan_hillis_steele(s: Tensor, v: Tensor, mask: Tensor | None = None) -> Tens
 # --------------------------------------------------------------------------------------
 
 
-def _nan_tail(bad: Tensor, dtype: torch.dtype) -> Tensor:
-    """(B, H, N) -> (B, H, N, 1), float: NaN at and after each row's first bad token, -0.0
-    before it (a cumulative sum: NaN stays NaN, -0.0 + -0.0 is -0.0). Added to an output, x +
-    -0.0 is x bit for bit: one broadcast add spoils the tail."""
-    return torch.full(bad.shape, -0.0, dtype=dtype, device=bad.device).masked_fill_(bad, NAN).cumsum(-1)[..., None]
-
-
-_BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64}
-
-
-def _zero_rows(t: Tensor, rows: Tensor) -> Tensor:
-    """t (..., D) with +0.0 over ``rows`` (a bool over its leading dims) and every other bit
-    kept, NaN and -0.0 included; written contiguous. A selection, done as an AND of t's bits
-    with all ones or all zeros per row: as cheap as a copy, where ``torch.where`` with a
-    per-row condition costs about two on the CPU."""
-    bits = _BITS[t.element_size()]
-    keep = rows.to(bits).sub_(1)[..., None]  # -1 (all bits set) or 0
-    out = torch.empty(t.shape, dtype=bits, device=t.device)
-    return torch.bitwise_and(t.view(bits), keep, out=out).view(t.dtype)
+_BITS = {4: (torch.int32, 0x7FFFFFFF), 8: (torch.int64, 0x7FFFFFFFFFFFFFFF)}  # float32, float64: every bit but the sign
 
 
 def _drop_spoiled(g: Tensor, spoiled: Tensor) -> tuple[Tensor, Tensor]:
-    """The upstream gradient with its spoiled rows dropped (written contiguous: a layer's
-    gradient arrives as a transposed view, and this is the copy the bare scan makes), and the
-    (B, H) rows with a nonzero (or NaN) entry there, by the 2-norm of each position's gradient:
-    one read of g, no cancellation. Its squares underflow: a gradient vector with no entry as
-    large as 2^-74 (about 5e-23; float64: 2^-537) counts as 0 there, dropped instead of charged."""
-    hit = ((torch.linalg.vector_norm(g, 2, -1) != 0) & spoiled).any(-1)
-    return _zero_rows(g, spoiled), hit
+    """The upstream gradient with its ``spoiled`` rows (a bool over its leading dims) set to
+    +0.0 and every other bit kept, NaN and -0.0 included (written contiguous: a layer's gradient
+    arrives as a transposed view, and this is the copy the bare scan makes), and the (B, H) rows
+    with a nonzero (or NaN) entry there.
+
+    Both are ANDs of g's bits with one mask per row, each as cheap as a copy (``torch.where``
+    with a per-row condition costs about two on the CPU): all bits or none for the dropped
+    copy; every bit but the sign, or none, for |g| over the spoiled rows, whose largest entry
+    per (B, H) row is nonzero exactly when one of them is (NaN included). No sum, so nothing
+    cancels and nothing underflows: the smallest subnormal charges, -0.0 does not; and the
+    reduction runs over whole rows, not one per position (which the CPU does slowly)."""
+    bits, magnitude = _BITS[g.element_size()]
+    spoiled = spoiled.to(bits)[..., None]  # 1 or 0
+    out = torch.empty(g.shape, dtype=bits, device=g.device)  # one buffer: |g| there, then the copy
+    if g.shape[-1]:
+        hit = torch.bitwise_and(g.view(bits), spoiled * magnitude, out=out).view(g.dtype).amax((-2, -1)) != 0
+    else:
+        hit = torch.zeros(g.shape[:2], dtype=torch.bool, device=g.device)
+    return torch.bitwise_and(g.view(bits), spoiled - 1, out=out).view(g.dtype), hit  # -1: all bits, or 0
 
 
 class _GuardedScan(torch.autograd.Function):
-    """The fast scan of raw input, the guard included: o (B, H, N, D) from s (B, H, N),
-    v (B, H, N, D) in the accumulation dtype and ``out`` (B, H, N), the tokens that take no part.
+    """The fast scan of raw input, the guard included: o (B, H, N, D) from s (B, H, N), with
+    -inf at the tokens that take no part, and v (B, H, N, D), both in the accumulation dtype.
 
-    The guard of the module docstring for a few passes on clean input, all on the device:
-    forward, one finiteness test of scores and values (:func:`_finite_tokens`), the
-    non-finite values zeroed elementwise (``nan_to_num``: such a value belongs to a token
-    whose weight is 0, where any finite number does) and the spoiled tail added in place
-    (NaN, or -0.0: x + -0.0 is x, bit for bit); backward, the upstream gradient's spoiled rows
-    dropped by a bit mask (:func:`_zero_rows`) and tested by a 2-norm (:func:`_drop_spoiled`).
-    The core then sees what :class:`ChunkedScan` sees on the cleaned input, except that o is
-    NaN on spoiled rows, whose delta it drops (``dead``): the same numbers, bit for bit. Out
-    and bad tokens weigh exactly 0, so their gradients are exactly 0 with no selection. The
-    charge costs nothing: a bad token of a hit row gets score NaN in the backward's copy of
-    the scores (-inf in the forward's), which makes exactly its own column of the block
-    weights NaN (``tril_`` removes the entries above the diagonal by selection), so its
-    score and value gradients come out NaN and nothing else changes.
+    The guard of the module docstring, all on the device, for two reads and the copies the
+    bare scan makes of a layer's transposed inputs. Forward: one number per token that is
+    finite exactly when its score and values are (:func:`_token_total`, one matrix-vector
+    product), added to the score times 0, so that a bad token is scored NaN (0 * inf and
+    0 * NaN are NaN) and every other score is unchanged; tokens scored -inf keep -inf (their
+    values are never read, finite or not); the non-finite values are zeroed elementwise
+    (``nan_to_num``, into the contiguous copy). The core
+    (:func:`aaren_bench.ops.chunked.scan_core`) turns a NaN score into NaN outputs, running
+    max and log-sum at and after it and changes nothing before it, bit for bit: that is the
+    spoiled tail, for no pass of its own. Backward: the spoiled positions are those whose
+    running max is NaN; the upstream gradient's spoiled rows are dropped and tested by ANDs
+    of its bits (:func:`_drop_spoiled`; the copy is the one a layer's transposed gradient
+    needs anyway); the core gives the dropped rows weight 0 and delta 0 (``dead``). A bad
+    token keeps its NaN score in a hit row, which makes exactly its own column of the block
+    weights NaN (``tril_`` removes the entries above the diagonal by selection), so its score
+    and value gradients come out NaN and nothing else changes; elsewhere it is scored -inf,
+    weighs 0 and gets gradient 0, as out tokens do.
     """
 
     @staticmethod
-    def forward(ctx, s: Tensor, v: Tensor, out: Tensor, chunk: int):
-        drop = out | ~_finite_tokens(s, v)  # out, or bad: scored -inf
-        bad = drop ^ out
-        s = s.masked_fill(drop, NEG_INF).contiguous()
+    def forward(ctx, s: Tensor, v: Tensor, chunk: int):
+        out = torch.isneginf(s)  # masked or scored -inf: their values are never read
+        # s + 0 * total: s where the token's score and values are finite (a score -0.0 may
+        # become +0.0, which changes no weight), NaN where one is not (0 * inf, 0 * NaN are NaN)
+        s = torch.where(out, s, torch.add(s, _token_total(s, v), alpha=0.0)).contiguous()
         # written contiguous: a layer's v is a transposed view, and this is the copy the bare scan makes
         v = torch.nan_to_num(v, nan=0.0, posinf=0.0, neginf=0.0, out=torch.empty(v.shape, dtype=v.dtype, device=v.device))
-        with autocast_off(v):
-            o, m, lam = scan_core(s, v, chunk)
-        # in place: the output is kept for backward as it is returned, NaN rows and all (their
-        # delta is dropped there)
-        tail = _nan_tail(bad, o.dtype)
-        o.add_(tail)
-        ctx.save_for_backward(s, v, o, m, lam, bad, tail)
+        # NaN at and after a bad token (autocast is off: see scan). The output is kept for
+        # backward as it is returned, NaN rows and all (their delta is dropped there)
+        o, m, lam = scan_core(s, v, chunk)
+        ctx.save_for_backward(s, v, o, m, lam)
         ctx.chunk = chunk
         return o
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g: Tensor):
-        s, v, o, m, lam, bad, tail = ctx.saved_tensors
-        spoiled = torch.isnan(tail[..., 0])  # at and after a bad token
+        s, v, o, m, lam = ctx.saved_tensors
+        spoiled = torch.isnan(m)  # at and after a bad token
         do, hit = _drop_spoiled(g.to(o.dtype), spoiled)
-        s = s.masked_fill(bad & hit[..., None], NAN)
+        s = torch.where(hit[..., None], s, torch.nan_to_num(s, nan=NEG_INF, posinf=math.inf, neginf=NEG_INF))
         with autocast_off(v):
             ds, dv = scan_core_backward(s, v, o, m, lam, do, ctx.chunk, dead=spoiled)
-        return ds, dv, None, None
+        return ds, dv, None
 
 
 def _continue(state: ScanState, s: Tensor, o: Tensor, lam: Tensor) -> Tensor:
@@ -576,7 +582,7 @@ def scan(
         return _empty_result(s, v, return_state, initial_state)
     with autocast_off(v):
         if initial_state is None and not return_state:
-            return _GuardedScan.apply(s.to(dtype), v.to(dtype), _out_tokens(s, mask), chunk).to(v.dtype)
+            return _GuardedScan.apply(_mask_scores(s.to(dtype), mask), v.to(dtype), chunk).to(v.dtype)
         cl = _clean(s, v, mask, dtype, initial_state)
         o, lam = ChunkedScan.apply(cl.s.contiguous(), cl.v.contiguous(), chunk)  # (B, H, N, D), (B, H, N)
         state = None
