@@ -281,3 +281,31 @@ def test_step_masked_token_keeps_the_state_bit_for_bit():
     _, new = scan_step(s_t, v_t, st, torch.tensor([False, False]))
     for a, b in zip(new, st):
         torch.testing.assert_close(a, b, **EXACT)
+
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@requires_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", list(DTYPES.values()), ids=list(DTYPES))
+@pytest.mark.parametrize("chunk", [3, 64])
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_cuda_path_spoils_and_charges_as_the_cpu_does(kind, chunk, dtype):
+    """The fast scan's guard on CUDA (its cummax and maximum carrying a NaN score forward, the
+    token test, the bit ANDs of the gradient): NaN at exactly the outputs and gradients where
+    the CPU has NaN, for a loss that reads only the clean prefix and for one that reads the
+    spoiled outputs too, and the finite ones equal to rounding."""
+    _, dirty, mask, _, first_bad = make_case(kind, dtype, seed=3)
+    N = dirty[0].shape[-1]
+    before = torch.arange(N) < first_bad[..., None]
+    w = upstream(dirty[1].shape, dtype)
+    tol = dict(rtol=1e-9, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5)
+    fn = partial(scan, chunk=chunk)
+    for up in (w * before[..., None], w):
+        on_cpu = run(fn, *dirty, mask, up)
+        on_gpu = run(fn, *(t.cuda() for t in dirty), mask.cuda(), up.cuda())
+        for g, c in zip(on_gpu, on_cpu):
+            g = g.cpu()
+            assert torch.equal(torch.isnan(g), torch.isnan(c))
+            torch.testing.assert_close(g, c, equal_nan=True, **tol)
