@@ -1,4 +1,5 @@
-"""Shared fixtures: real data (skipped when absent), small thread count, a temp runs folder.
+"""Shared fixtures: real data (skipped when absent), small thread count, a temp runs folder;
+tests marked ``gpu`` skip where there is no CUDA device.
 
 A test that reads the real datasets asks for ``shared_data``: it is marked ``data`` (so CI can
 run those tests in a step of their own, ``pytest -m data``) and skips unless ``$AAREN_DATA``
@@ -20,9 +21,12 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
+    no_cuda = pytest.mark.skip(reason="needs a CUDA GPU (marked gpu)")
     for item in items:
         if "shared_data" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.data)
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(no_cuda)
 
 
 @pytest.fixture(scope="session")

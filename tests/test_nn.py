@@ -382,7 +382,6 @@ def test_bf16_autocast_runs(kind):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("kind", KINDS)
 def test_gpu_streaming_equals_parallel(kind):
     model = make(kind).float().cuda()

@@ -21,8 +21,6 @@ from aaren_bench.ops import (
     scan_step,
 )
 
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
 TOL = {torch.float64: dict(atol=1e-10, rtol=1e-10), torch.float32: dict(atol=1e-5, rtol=1e-5)}
 IMPLS = {
     "reference": scan_reference,
@@ -361,7 +359,6 @@ def test_empty_sequence_keeps_the_state(impl):
     assert all(torch.equal(a, b) for a, b in zip(st, given))
 
 
-@requires_cuda
 @pytest.mark.gpu
 def test_gpu_matches_cpu():
     s, v, mask = make_inputs(2, 4, 1000, 16, 10.0, torch.float32, masked=True)

@@ -27,7 +27,6 @@ from aaren_bench.ops import (
     scan_step,
 )
 
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 HALF = {"bf16": torch.bfloat16, "f16": torch.float16}
 
 
@@ -112,7 +111,6 @@ def test_scan_under_cpu_autocast(impl, backward_inside, amp_dtype, in_dtype):
     check_autocast(impl, "cpu", HALF[amp_dtype], in_dtype, backward_inside, exact=True)
 
 
-@requires_cuda
 @pytest.mark.gpu
 @pytest.mark.parametrize("in_dtype", ["f32", "amp"])
 @pytest.mark.parametrize("amp_dtype", list(HALF))

@@ -283,10 +283,6 @@ def test_step_masked_token_keeps_the_state_bit_for_bit():
         torch.testing.assert_close(a, b, **EXACT)
 
 
-requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-
-
-@requires_cuda
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", list(DTYPES.values()), ids=list(DTYPES))
 @pytest.mark.parametrize("chunk", [3, 64])

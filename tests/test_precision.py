@@ -39,7 +39,6 @@ TASKS = {
     "rl": ["dataset=halfcheetah-collected", "task.batch_size=4", "task.context_len=5", "task.steps_per_epoch=8",
            "task.warmup_steps=1"],
 }
-CUDA = torch.cuda.is_available()
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +144,6 @@ def test_bf16_mixed_trains_like_float32(task, model, request, one_thread):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 @pytest.mark.parametrize("precision", ("bf16-mixed", "16-mixed"))
 @pytest.mark.parametrize("model", BACKBONES)
 @pytest.mark.parametrize("task", TASKS)
