@@ -51,7 +51,7 @@ read is a sync and a compiled graph's break), and the same path for clean and ba
 The references and the scan's state paths clean with :func:`_clean` and spoil with
 :class:`_Spoil`; the fast scan without a state folds the same guard into one Function around
 the chunked core (:class:`_GuardedScan`), whose cost on clean input is two reads, the copies
-the bare scan makes of a layer's transposed inputs, and about 20 small kernels (measured in
+the bare scan makes of a layer's transposed inputs, and 18 small kernels (measured in
 docs/BENCHMARKS.md, section 4).
 
 Mixed precision. Every function turns autocast off inside and computes in float32
@@ -171,14 +171,19 @@ def _lead(mask: Tensor, like: Tensor) -> Tensor:
     return mask.view(*mask.shape, *([1] * (like.dim() - mask.dim())))
 
 
+def _scale(v: Tensor) -> Tensor:
+    """(D,): 2^-32 in each entry, the weights of a scaled row sum of v (2^-32 is exact)."""
+    return v.new_full((v.shape[-1],), 2.0**-32)
+
+
 def _scaled_sums(v: Tensor) -> Tensor:
     """(..., D) -> (...): each float32 row's sum times 2^-32, in one matrix-vector product that
     reads v in place (its leading dims taken in memory order: a layer's v is a transposed view,
     which matmul would otherwise copy)."""
     if v.is_contiguous():
-        return v @ v.new_full((v.shape[-1],), 2.0**-32)
+        return v @ _scale(v)
     order = sorted(range(v.dim() - 1), key=lambda i: -v.stride(i))
-    sums = v.permute(*order, v.dim() - 1) @ v.new_full((v.shape[-1],), 2.0**-32)
+    sums = v.permute(*order, v.dim() - 1) @ _scale(v)
     return sums.permute(*sorted(range(len(order)), key=order.__getitem__))
 
 
@@ -206,8 +211,7 @@ def _token_total(s: Tensor, v: Tensor) -> Tensor:
     if v.dtype == torch.float64 or not v.shape[-1]:
         return torch.zeros_like(s).masked_fill_(~(torch.isfinite(s) & _finite_rows(v)), NAN)
     if v.is_contiguous() and s.is_contiguous():  # the product and the add in one call
-        ones = v.new_full((v.shape[-1],), 2.0**-32)
-        return torch.addmv(s.view(-1), v.view(-1, v.shape[-1]), ones, beta=2.0**-32).view(s.shape)
+        return torch.addmv(s.view(-1), v.view(-1, v.shape[-1]), _scale(v), beta=2.0**-32).view(s.shape)
     return torch.add(_scaled_sums(v), s, alpha=2.0**-32)
 
 
